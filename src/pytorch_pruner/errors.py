@@ -1,0 +1,30 @@
+"""Exception hierarchy.
+
+Every error raised on purpose by pytorch-pruner is a :class:`PruningError`. Errors that refine a
+builtin also subclass it, so ``except ValueError`` keeps working for callers that don't know us.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ConfigError", "NoMatchingLayersError", "PatternError", "PruningError", "StateError"]
+
+
+class PruningError(Exception):
+    """Base class of all pytorch-pruner errors."""
+
+
+class ConfigError(PruningError, ValueError):
+    """A configuration value is wrong: the message names its path, the value and what is allowed."""
+
+
+class PatternError(PruningError, ValueError):
+    """A sparsity pattern cannot be applied (malformed, or it does not fit a tensor)."""
+
+
+class NoMatchingLayersError(PruningError, LookupError):
+    """No layer of the model matches any pruner of the config."""
+
+
+class StateError(PruningError, RuntimeError):
+    """A hook or method was called at the wrong point of the lifecycle, or a saved state does
+    not fit (another config, another model, a corrupt file)."""

@@ -1,0 +1,193 @@
+"""One pruner: a group of layers pruned with one criterion, pattern and schedule.
+
+:class:`Pruner` composes the pieces — it asks the criterion for scores, the pattern for units,
+selection for which units go, and the schedule for when and how far — and owns the masks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .config import PrunerSettings
+from .criteria import ScoreSlot
+from .schedules import Schedule
+from .selection import LayerUnits, select
+from .targets import Target
+
+__all__ = ["MaskedLayer", "Pruner"]
+
+
+@dataclass(eq=False)
+class MaskedLayer:
+    """A layer under pruning and its mask of record (bool, True = keep, in ``score_shape``)."""
+
+    target: Target
+    keep: torch.Tensor
+    #: the mask in the weight's own layout, for layers whose 2-D view is a copy (conv, Conv1D)
+    _full: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.target.name
+
+    @property
+    def numel(self) -> int:
+        return self.target.weight.numel()
+
+    @property
+    def pruned_elements(self) -> int:
+        return int((~self.keep).sum()) * (self.numel // self.keep.numel())
+
+    @property
+    def sparsity(self) -> float:
+        return self.pruned_elements / self.numel
+
+
+class Pruner:
+    """Prunes *targets* as *settings* say. Built by :class:`~pytorch_pruner.Pruning`."""
+
+    def __init__(self, settings: PrunerSettings, targets: list[Target]) -> None:
+        self.settings = settings
+        self.pattern = settings.pattern
+        self.layers: list[MaskedLayer] = []
+        #: (layer name, reason) for matched layers the pattern does not fit
+        self.skipped: list[tuple[str, str]] = []
+        for target in targets:
+            reason = self.pattern.check(*target.shape2d)
+            if reason:
+                self.skipped.append((target.name, reason))
+                continue
+            shape = self.pattern.score_shape(*target.shape2d)
+            keep = torch.ones(shape, dtype=torch.bool, device=target.weight.device)
+            self.layers.append(MaskedLayer(target, keep))
+        self.schedule = Schedule(
+            start_step=settings.start_step,
+            end_step=settings.end_step,
+            frequency=settings.update_frequency_on_step,
+            final_sparsity=settings.final_sparsity,
+            decay=settings.decay,
+        )
+        slots = [
+            ScoreSlot(
+                weight=layer.target.weight,
+                to_2d=layer.target.to_2d,
+                reduce=self.pattern.reduce,
+                score_shape=tuple(layer.keep.shape),
+                elementwise=layer.target.direct and tuple(layer.keep.shape) == layer.target.shape2d,
+            )
+            for layer in self.layers
+        ]
+        self.criterion = settings.criterion(slots)
+        #: the sparsity the masks were last computed for
+        self.current_sparsity = 0.0
+        self._masked = False  # whether any mask has a False: until then applying is a no-op
+
+    # -- per step --------------------------------------------------------------------------
+    def wants_scores(self, step: int) -> bool:
+        """Whether the criterion must see this optimizer step's gradients."""
+        if not self.criterion.needs_grad or not self.layers:
+            return False
+        if self.criterion.every_step:
+            return step < self.schedule.last_step
+        return self.schedule.is_pruning_step(step + 1)
+
+    def gradients(self) -> list[torch.Tensor]:
+        return [g for layer in self.layers if (g := layer.target.weight.grad) is not None]
+
+    def accumulate_scores(self) -> None:
+        self.criterion.accumulate_()
+
+    @torch.no_grad()
+    def apply_masks(self) -> None:
+        """Zero the pruned weights in place (elementwise; nothing to do before the first prune)."""
+        if not self._masked:
+            return
+        for layer in self.layers:
+            weight = layer.target.weight
+            if layer._full is not None:
+                weight.mul_(layer._full)
+            else:
+                self.pattern.view(weight.view(layer.target.shape2d)).mul_(layer.keep)
+
+    # -- pruning steps ---------------------------------------------------------------------
+    @torch.no_grad()
+    def prune(self, step: int) -> None:
+        """Recompute the masks for the schedule's sparsity at *step* and zero the pruned weights."""
+        sparsity = self.schedule.sparsity_at(step)
+        self.current_sparsity = sparsity
+        if not self.layers:
+            return
+        if sparsity <= 0.0:
+            for layer in self.layers:
+                layer.keep.fill_(True)
+            self._set_masks()
+            return
+        scores = self.criterion.scores()
+        s = self.settings
+        units = [
+            LayerUnits(
+                scores=self.pattern.unit_scores(score),
+                unit_elements=self.pattern.unit_elements(*layer.target.shape2d),
+                numel=layer.numel,
+                max_sparsity=s.max_sparsity_ratio_per_layer,
+                min_sparsity=s.min_sparsity_ratio_per_layer,
+            )
+            for layer, score in zip(self.layers, scores, strict=True)
+        ]
+        chosen = select(units, sparsity, s.prune_domain)
+        for layer, pruned, score in zip(self.layers, chosen, scores, strict=True):
+            layer.keep.copy_(self.pattern.keep_mask(pruned.to(layer.keep.device), score))
+        self._set_masks()
+        self.apply_masks()
+
+    def _set_masks(self) -> None:
+        self._masked = any(not bool(layer.keep.all()) for layer in self.layers)
+        for layer in self.layers:
+            if layer.target.direct:
+                layer._full = None
+            else:
+                rows, cols = layer.target.shape2d
+                layer._full = layer.target.from_2d(self.pattern.expand(layer.keep, rows, cols))
+
+    # -- inspection and state --------------------------------------------------------------
+    def full_mask(self, layer: MaskedLayer) -> torch.Tensor:
+        """The keep-mask of *layer* in the weight's shape (bool)."""
+        rows, cols = layer.target.shape2d
+        return layer.target.from_2d(self.pattern.expand(layer.keep, rows, cols))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "layers": [layer.name for layer in self.layers],
+            "masks": [layer.keep.clone() for layer in self.layers],
+            "criterion": self.criterion.state_dict(),
+            "current_sparsity": self.current_sparsity,
+        }
+
+    def check_state(self, state: dict[str, Any], where: str) -> None:
+        """Raise ``ValueError`` if *state* was not saved from a pruner of the same layers."""
+        names = [layer.name for layer in self.layers]
+        if state.get("layers") != names:
+            raise ValueError(f"{where}: saved layers {state.get('layers')} differ from this model's {names}")
+        for layer, mask in zip(self.layers, state["masks"], strict=True):
+            if not isinstance(mask, torch.Tensor) or mask.shape != layer.keep.shape or mask.dtype != torch.bool:
+                raise ValueError(f"{where}: the saved mask of {layer.name} does not fit the layer")
+        own, saved = self.criterion.state_dict(), state.get("criterion")
+        if not isinstance(saved, dict) or sorted(own) != sorted(saved):
+            raise ValueError(f"{where}: the saved criterion state is not {self.settings.prune_type}'s")
+        for key, tensors in own.items():
+            theirs = saved[key]
+            if len(tensors) != len(theirs) or any(
+                not isinstance(b, torch.Tensor) or a.shape != b.shape for a, b in zip(tensors, theirs, strict=False)
+            ):
+                raise ValueError(f"{where}: the saved criterion {key} do not fit the layers")
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for layer, mask in zip(self.layers, state["masks"], strict=True):
+            layer.keep.copy_(mask)
+        self.criterion.load_state_dict(state["criterion"])
+        self.current_sparsity = float(state["current_sparsity"])
+        self._set_masks()
+        self.apply_masks()

@@ -1,0 +1,285 @@
+"""The ``Pruning`` object: a config turned into pruners, driven by training-loop hooks.
+
+The seed's coding template works as written::
+
+    pruner = Pruning("config.yaml")
+    pruner.update_items_for_all_pruners(start_step=..., end_step=...)
+    pruner.model = model
+    pruner.on_train_begin()
+    for step, batch in enumerate(loader):
+        pruner.on_step_begin(step)
+        model(**batch).loss.backward()
+        pruner.on_before_optimizer_step()
+        optimizer.step()
+        pruner.on_after_optimizer_step()
+        optimizer.zero_grad()
+
+Steps are *optimizer* steps: the count starts at 0 in ``on_train_begin`` and grows by one in each
+``on_after_optimizer_step``. ``on_step_begin``'s argument is accepted for the seed's sake but not
+used to schedule, so gradient accumulation (several micro-batches per optimizer step) is safe.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import PruningConfig, dump_config, load_config, loads_config
+from .errors import ConfigError, NoMatchingLayersError, StateError
+from .pruner import Pruner
+from .report import SparsityRatios, SparsityReport, build_report, sparsity_ratios
+from .targets import find_targets, prunable_layers
+
+__all__ = ["STATE_FORMAT", "Pruning"]
+
+#: Version of the layout written by :meth:`Pruning.state_dict`.
+STATE_FORMAT = 1
+
+
+def _all_finite(tensors: list[torch.Tensor]) -> bool:
+    """One reduction over all tensors; False if any holds inf or NaN (an AMP overflow step)."""
+    if not tensors:
+        return True
+    norms = torch._foreach_norm(tensors, float("inf"))  # max |x| per tensor, NaN propagates
+    return bool(torch.isfinite(torch.stack(norms)).all())
+
+
+class Pruning:
+    """Prune a model while it trains, as a config says.
+
+    Args:
+        config: a YAML path (the seed format), a dict, or a :class:`PruningConfig`.
+        model: the model; may also be set later with ``pruning.model = model`` or passed to
+            :meth:`on_train_begin`.
+
+    Raises:
+        ConfigError: the config is invalid (raised here, at load time).
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> pruning = Pruning({"prune_type": "magnitude", "pattern": "1x1", "target_sparsity": 0.5})
+        >>> pruning.on_train_begin(model)
+        >>> pruning.on_step_begin(0)
+        >>> round(float((model[0].weight == 0).float().mean()), 2)
+        0.5
+    """
+
+    def __init__(
+        self, config: str | os.PathLike[str] | Mapping[str, Any] | PruningConfig, model: nn.Module | None = None
+    ) -> None:
+        self.config = load_config(config)
+        self._model = model
+        self.pruners: list[Pruner] = []
+        self.step = 0
+        self._started = False
+        self._pruned_at = -1  # optimizer step whose on_step_begin already ran
+        self._scored_at = -1  # optimizer step whose gradients were already scored
+
+    # -- set-up ----------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module | None:
+        return self._model
+
+    @model.setter
+    def model(self, model: nn.Module) -> None:
+        if self._started and model is not self._model:
+            raise StateError("the model cannot be replaced after on_train_begin; create a new Pruning")
+        self._model = model
+
+    def update_items_for_all_pruners(self, **items: Any) -> None:
+        """Write *items* into every pruner (e.g. ``start_step``, ``end_step``) and re-validate.
+
+        Raises:
+            StateError: called after :meth:`on_train_begin`.
+            ConfigError: a key or value is invalid.
+        """
+        if self._started:
+            raise StateError(
+                "update_items_for_all_pruners must be called before on_train_begin; "
+                "the pruners are already built"
+            )
+        self.config = self.config.with_pruner_items(**items)
+
+    def on_train_begin(self, model: nn.Module | None = None) -> None:
+        """Select the layers of each pruner and build their masks (all kept).
+
+        Raises:
+            StateError: no model was given.
+            ConfigError: a gradient criterion is asked to prune one-shot at step 0.
+            NoMatchingLayersError: no pruner matched any layer of the model.
+        """
+        if model is not None:
+            self.model = model
+        if self._model is None:
+            raise StateError("no model: set `pruning.model = model` or call on_train_begin(model)")
+        if self._started:
+            return
+        settings = self.config.resolved()
+        for s in settings:
+            if s.criterion.needs_grad and s.start_step == s.end_step == 0:
+                raise ConfigError(
+                    f"{s.path}: prune_type {s.prune_type!r} needs gradients, but start_step == end_step "
+                    "== 0 prunes one-shot before any gradient exists; set start_step >= 1 (e.g. with "
+                    "update_items_for_all_pruners(start_step=..., end_step=...)) or use 'magnitude'"
+                )
+        claimed: dict[str, int] = {}
+        pruners = []
+        for i, s in enumerate(settings):
+            targets = find_targets(self._model, s.prune_layer_type, s.names, s.excluded)
+            mine = []
+            for t in targets:
+                if t.name in claimed:
+                    warnings.warn(
+                        f"{s.path}: layer {t.name!r} is already pruned by pruners[{claimed[t.name]}]; skipped here",
+                        stacklevel=2,
+                    )
+                    continue
+                claimed[t.name] = i
+                mine.append(t)
+            if not mine:
+                candidates = [t.name for t in prunable_layers(self._model, s.prune_layer_type)]
+                warnings.warn(
+                    f"{s.path} selects no layer (types {list(s.prune_layer_type)}, names {list(s.names)}, "
+                    f"excluded {list(s.excluded)}); layers it could match: {candidates}",
+                    stacklevel=2,
+                )
+            pruners.append(Pruner(s, mine))
+        if not claimed:
+            all_layers = [f"{t.name} ({t.kind})" for t in prunable_layers(self._model)]
+            raise NoMatchingLayersError(
+                "no layer of the model matches any pruner; check prune_layer_type, names and the "
+                f"exclusions. Prunable layers of this model: {all_layers or 'none'}"
+            )
+        self.pruners = pruners
+        self._started = True
+
+    def _require_started(self, hook: str) -> None:
+        if not self._started:
+            raise StateError(f"{hook} called before on_train_begin; call pruning.on_train_begin() first")
+
+    # -- hooks -----------------------------------------------------------------------------
+    def on_epoch_begin(self, epoch: int | None = None) -> None:
+        """Does nothing; present for training loops that call it."""
+
+    def on_step_begin(self, step: int | None = None) -> None:
+        """On a pruning step, recompute the masks and zero the pruned weights.
+
+        *step* is accepted for the seed's loops but not used: the schedule follows optimizer steps.
+        Calling it again within the same optimizer step does nothing.
+        """
+        self._require_started("on_step_begin")
+        if self._pruned_at == self.step:
+            return
+        self._pruned_at = self.step
+        for pruner in self.pruners:
+            if pruner.schedule.is_pruning_step(self.step):
+                pruner.prune(self.step)
+
+    def on_before_optimizer_step(self) -> None:
+        """Fold this step's gradients into gradient criteria (skipped if any is inf/NaN)."""
+        self._require_started("on_before_optimizer_step")
+        if self._scored_at == self.step:
+            return
+        self._scored_at = self.step
+        active = [p for p in self.pruners if p.wants_scores(self.step)]
+        if not active:
+            return
+        if not _all_finite([g for p in active for g in p.gradients()]):
+            return  # an AMP overflow step: the optimizer skips it, the scores do too
+        for pruner in active:
+            pruner.accumulate_scores()
+
+    def on_after_optimizer_step(self) -> None:
+        """Re-zero pruned weights (the optimizer may have moved them) and count the step."""
+        self._require_started("on_after_optimizer_step")
+        for pruner in self.pruners:
+            pruner.apply_masks()
+        self.step += 1
+
+    def on_step_end(self) -> None:
+        """Does nothing; present for training loops that call it."""
+
+    def on_epoch_end(self) -> None:
+        """Does nothing; present for training loops that call it."""
+
+    def on_before_eval(self) -> None:
+        """Does nothing; present for training loops that call it."""
+
+    def on_after_eval(self) -> None:
+        """Does nothing; present for training loops that call it."""
+
+    def on_train_end(self) -> None:
+        """Apply the masks once more, so the model leaves training exactly sparse."""
+        if self._started:
+            for pruner in self.pruners:
+                pruner.apply_masks()
+
+    # -- results ---------------------------------------------------------------------------
+    def get_sparsity_ratio(self) -> SparsityRatios:
+        """The seed's three ratios: see :class:`SparsityRatios`."""
+        self._require_started("get_sparsity_ratio")
+        return sparsity_ratios(self._model, self.pruners)
+
+    def report(self) -> SparsityReport:
+        """Per-layer sparsity, skipped layers with the reason, and the three ratios."""
+        self._require_started("report")
+        return build_report(self._model, self.pruners, self.step)
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        """Keep-masks (bool, True = keep) of every pruned layer, in each weight's shape."""
+        self._require_started("masks")
+        return {layer.name: p.full_mask(layer) for p in self.pruners for layer in p.layers}
+
+    # -- state -----------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: step, hook counters, masks, scores, and the config."""
+        self._require_started("state_dict")
+        return {
+            "format": STATE_FORMAT,
+            "config": dump_config(self.config),
+            "step": self.step,
+            "pruned_at": self._pruned_at,
+            "scored_at": self._scored_at,
+            "pruners": [p.state_dict() for p in self.pruners],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore a :meth:`state_dict`; call after :meth:`on_train_begin`.
+
+        Everything is checked before anything changes, so a bad state leaves this object as it was.
+
+        Raises:
+            StateError: the state is of another format, config or model, or is damaged.
+        """
+        self._require_started("load_state_dict")
+        if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
+            found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
+            raise StateError(f"not a pytorch-pruner state of format {STATE_FORMAT} (found {found!r})")
+        try:
+            saved = loads_config(state["config"], "saved config")
+        except (ConfigError, KeyError, TypeError, AttributeError) as err:
+            raise StateError(f"the saved config is damaged: {err}") from None
+        if saved != self.config:
+            raise StateError(
+                "the state was saved with another config; load it into a Pruning built from the same "
+                f"config.\nsaved:\n{dump_config(saved)}\ncurrent:\n{dump_config(self.config)}"
+            )
+        pruner_states = state.get("pruners")
+        if not isinstance(pruner_states, list) or len(pruner_states) != len(self.pruners):
+            raise StateError("the state holds another number of pruners than this config")
+        for i, (pruner, ps) in enumerate(zip(self.pruners, pruner_states, strict=True)):
+            try:
+                pruner.check_state(ps, f"pruners[{i}]")
+            except (ValueError, KeyError, TypeError, AttributeError) as err:
+                raise StateError(f"the state does not fit this model: {err}") from None
+        for pruner, ps in zip(self.pruners, pruner_states, strict=True):
+            pruner.load_state_dict(ps)
+        self.step = int(state["step"])
+        self._pruned_at = int(state["pruned_at"])
+        self._scored_at = int(state["scored_at"])
+

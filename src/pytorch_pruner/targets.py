@@ -1,0 +1,129 @@
+"""Which layers a pruner works on, and the 2-D view of their weights.
+
+The 2-D view is ``[output channels, input features]``:
+
+* ``Linear`` ``[out, in]`` as is;
+* ``Conv1d/2d/3d`` ``[O, C, *k]`` → ``[O, *k, C]`` → ``[O, prod(k) * C]`` (input channel fastest,
+  so an ``M``-wide block spans ``M`` input channels at one kernel position);
+* transformers' ``Conv1D`` (GPT-2) stores ``[in, out]``: transposed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+__all__ = ["LAYER_KINDS", "Target", "find_targets", "layer_kind", "prunable_layers"]
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+def _transpose(t: torch.Tensor) -> torch.Tensor:
+    return t.t()
+
+
+def _conv_to_2d(t: torch.Tensor) -> torch.Tensor:
+    order = (0, *range(2, t.dim()), 1)
+    return t.permute(order).reshape(t.shape[0], -1)
+
+
+@dataclass(frozen=True)
+class _Kind:
+    to_2d: Callable[[torch.Tensor], torch.Tensor]
+    #: whether ``to_2d`` is a contiguous view, so masks can be applied through it in place
+    direct: bool
+
+
+#: Supported layer class names → how their weight maps to 2-D.
+LAYER_KINDS: dict[str, _Kind] = {
+    "Linear": _Kind(_identity, True),
+    "Conv1d": _Kind(_conv_to_2d, False),
+    "Conv2d": _Kind(_conv_to_2d, False),
+    "Conv3d": _Kind(_conv_to_2d, False),
+    "Conv1D": _Kind(_transpose, False),  # transformers.pytorch_utils.Conv1D
+}
+
+
+def layer_kind(module: nn.Module, types: Iterable[str] = LAYER_KINDS) -> str | None:
+    """The supported kind of *module* among *types*: its class name or that of a base class."""
+    wanted = set(types)
+    for cls in type(module).__mro__:
+        if cls.__name__ in wanted and cls.__name__ in LAYER_KINDS:
+            return cls.__name__
+    return None
+
+
+@dataclass(eq=False)
+class Target:
+    """One prunable layer: its qualified name, the module and how its weight maps to 2-D."""
+
+    name: str
+    module: nn.Module
+    kind: str
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.module.weight
+
+    @property
+    def shape2d(self) -> tuple[int, int]:
+        shape = self.weight.shape
+        if self.kind == "Conv1D":
+            return (shape[1], shape[0])
+        return (shape[0], self.weight.numel() // shape[0])
+
+    @property
+    def direct(self) -> bool:
+        """True when the 2-D view shares memory with the weight (masks apply in place)."""
+        return LAYER_KINDS[self.kind].direct and self.weight.is_contiguous()
+
+    def to_2d(self, t: torch.Tensor) -> torch.Tensor:
+        """A tensor shaped like the weight → its 2-D view (a copy for convolutions)."""
+        return LAYER_KINDS[self.kind].to_2d(t)
+
+    def from_2d(self, t2d: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`to_2d`: back to the weight's shape and layout."""
+        shape = self.weight.shape
+        if self.kind == "Linear":
+            return t2d.reshape(shape)
+        if self.kind == "Conv1D":
+            return t2d.t().contiguous()
+        permuted = (shape[0], *shape[2:], shape[1])
+        order = (0, len(shape) - 1, *range(1, len(shape) - 1))
+        return t2d.reshape(permuted).permute(order).contiguous()
+
+
+def prunable_layers(model: nn.Module, types: Iterable[str] = LAYER_KINDS) -> list[Target]:
+    """All modules of *model* of a kind in *types* that carry a weight, in module order."""
+    types = tuple(types)
+    found = []
+    for name, module in model.named_modules():
+        kind = layer_kind(module, types)
+        weight = getattr(module, "weight", None)
+        if kind is not None and isinstance(weight, torch.Tensor) and weight.dim() >= 2:
+            found.append(Target(name, module, kind))
+    return found
+
+
+def find_targets(
+    model: nn.Module,
+    types: Sequence[str],
+    names: Sequence[str] = (),
+    exclude: Sequence[str] = (),
+) -> list[Target]:
+    """Layers of *model* whose type is in *types*, whose name matches one of *names* (all when
+    empty) and none of *exclude*. Patterns are regexes matched with ``re.search``."""
+    include = [re.compile(p) for p in names]
+    drop = [re.compile(p) for p in exclude]
+    return [
+        t
+        for t in prunable_layers(model, types)
+        if (not include or any(p.search(t.name) for p in include))
+        and not any(p.search(t.name) for p in drop)
+    ]
