@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .config import PruningConfig, dump_config, load_config, loads_config
-from .errors import ConfigError, NoMatchingLayersError, StateError
+from .errors import ConfigError, NoMatchingLayersError, PruningError, StateError
 from .pruner import Pruner
 from .report import SparsityRatios, SparsityReport, build_report, sparsity_ratios
 from .targets import find_targets, prunable_layers
@@ -49,6 +49,15 @@ def _all_finite(tensors: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack(norms)).all())
 
 
+def _sharded_layers(targets: list[Any]) -> list[str]:
+    """Names of *targets* whose weight is a DTensor (FSDP2 ``fully_shard``, tensor parallel)."""
+    if not torch.distributed.is_available():
+        return []
+    from torch.distributed.tensor import DTensor  # only where torch.distributed exists
+
+    return [t.name for t in targets if isinstance(t.weight, DTensor)]
+
+
 class Pruning:
     """Prune a model while it trains, as a config says.
 
@@ -65,7 +74,7 @@ class Pruning:
         >>> pruning = Pruning({"prune_type": "magnitude", "pattern": "1x1", "target_sparsity": 0.5})
         >>> pruning.on_train_begin(model)
         >>> pruning.on_step_begin(0)
-        >>> round(float((model[0].weight == 0).float().mean()), 2)
+        >>> pruning.get_sparsity_ratio().blockwise_over_matmul_gemm_conv  # one ranking over both layers
         0.5
     """
 
@@ -100,8 +109,7 @@ class Pruning:
         """
         if self._started:
             raise StateError(
-                "update_items_for_all_pruners must be called before on_train_begin; "
-                "the pruners are already built"
+                "update_items_for_all_pruners must be called before on_train_begin; the pruners are already built"
             )
         self.config = self.config.with_pruner_items(**items)
 
@@ -127,26 +135,33 @@ class Pruning:
                     "== 0 prunes one-shot before any gradient exists; set start_step >= 1 (e.g. with "
                     "update_items_for_all_pruners(start_step=..., end_step=...)) or use 'magnitude'"
                 )
-        claimed: dict[str, int] = {}
+        claimed: set[str] = set()
         pruners = []
-        for i, s in enumerate(settings):
+        for s in settings:
             targets = find_targets(self._model, s.prune_layer_type, s.names, s.excluded)
-            mine = []
-            for t in targets:
-                if t.name in claimed:
-                    warnings.warn(
-                        f"{s.path}: layer {t.name!r} is already pruned by pruners[{claimed[t.name]}]; skipped here",
-                        stacklevel=2,
-                    )
-                    continue
-                claimed[t.name] = i
-                mine.append(t)
+            mine = [t for t in targets if t.name not in claimed]
+            taken = [t.name for t in targets if t.name in claimed]
+            if taken:
+                warnings.warn(
+                    f"{s.path}: layers already pruned by an earlier pruner are skipped here: {taken}",
+                    stacklevel=2,
+                )
+            claimed.update(t.name for t in mine)
             if not mine:
                 candidates = [t.name for t in prunable_layers(self._model, s.prune_layer_type)]
                 warnings.warn(
                     f"{s.path} selects no layer (types {list(s.prune_layer_type)}, names {list(s.names)}, "
                     f"excluded {list(s.excluded)}); layers it could match: {candidates}",
                     stacklevel=2,
+                )
+            sharded = _sharded_layers(mine)
+            if sharded:
+                # Scores, ranking and masks need each weight whole on every rank; a shard holds a slice.
+                raise PruningError(
+                    f"{s.path}: layers {sharded} have sharded (DTensor) weights, as torch.distributed.fsdp."
+                    "fully_shard (FSDP2) or tensor parallelism make them; pruning sharded weights is not "
+                    "supported yet. Train with DistributedDataParallel (each rank holds the whole weight) "
+                    "or on one process"
                 )
             pruners.append(Pruner(s, mine))
         if not claimed:
@@ -235,6 +250,14 @@ class Pruning:
         self._require_started("masks")
         return {layer.name: p.full_mask(layer) for p in self.pruners for layer in p.layers}
 
+    def squash(self) -> nn.Module:
+        """Bake the zeros into the model and return it plain: see :func:`pytorch_pruner.export.squash`."""
+        from .export import squash
+
+        return squash(self)
+
+    remove = squash
+
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: step, hook counters, masks, scores, and the config."""
@@ -282,4 +305,3 @@ class Pruning:
         self.step = int(state["step"])
         self._pruned_at = int(state["pruned_at"])
         self._scored_at = int(state["scored_at"])
-

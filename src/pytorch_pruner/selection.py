@@ -152,9 +152,7 @@ class _Ranking:
     """One stable sort of all units, for units of different sizes (channel patterns)."""
 
     def __init__(self, layers: Sequence[LayerUnits], scores: list[torch.Tensor]) -> None:
-        self.layer_of = torch.cat(
-            [torch.full((s.numel(),), i, dtype=torch.long) for i, s in enumerate(scores)]
-        )
+        self.layer_of = torch.cat([torch.full((s.numel(),), i, dtype=torch.long) for i, s in enumerate(scores)])
         order = torch.sort(torch.cat([s.cpu() for s in scores]), stable=True).indices
         self.layer_of = self.layer_of[order]
         sizes = torch.tensor([layer.unit_elements for layer in layers], dtype=torch.long)

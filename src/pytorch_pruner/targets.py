@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LAYER_KINDS", "Target", "find_targets", "layer_kind", "prunable_layers"]
+__all__ = ["LAYER_KINDS", "Target", "find_targets", "layer_kind", "prunable_layers", "unwrap_model"]
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -99,11 +99,43 @@ class Target:
         return t2d.reshape(permuted).permute(order).contiguous()
 
 
+#: Attribute under which ``torch.compile`` (``OptimizedModule``) keeps the module it wraps.
+_COMPILE_ATTR = "_orig_mod"
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The module under the wrappers that only hold it: ``torch.compile``'s ``OptimizedModule``
+    (``_orig_mod``) and ``DistributedDataParallel`` / ``DataParallel`` (``module``).
+
+    The wrappers share the inner module's parameters, so pruning the inner module prunes the
+    model; layer names then read the same with and without the wrappers (``bert.encoder...``,
+    not ``_orig_mod.module.bert.encoder...``), and one config fits every way of running.
+    """
+    while True:
+        inner = getattr(model, _COMPILE_ATTR, None)
+        if isinstance(inner, nn.Module):
+            model = inner
+        elif isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module
+        else:
+            return model
+
+
+def _clean_name(name: str) -> str:
+    # A submodule compiled on its own (model.encoder = torch.compile(model.encoder)) puts
+    # `_orig_mod` in the middle of the name; drop it so regexes see the plain path.
+    return ".".join(part for part in name.split(".") if part != _COMPILE_ATTR)
+
+
 def prunable_layers(model: nn.Module, types: Iterable[str] = LAYER_KINDS) -> list[Target]:
-    """All modules of *model* of a kind in *types* that carry a weight, in module order."""
+    """All modules of *model* of a kind in *types* that carry a weight, in module order.
+
+    Names are relative to :func:`unwrap_model` of *model*, without ``_orig_mod`` parts.
+    """
     types = tuple(types)
     found = []
-    for name, module in model.named_modules():
+    for raw_name, module in unwrap_model(model).named_modules():
+        name = _clean_name(raw_name)
         kind = layer_kind(module, types)
         weight = getattr(module, "weight", None)
         if kind is not None and isinstance(weight, torch.Tensor) and weight.dim() >= 2:
@@ -124,6 +156,5 @@ def find_targets(
     return [
         t
         for t in prunable_layers(model, types)
-        if (not include or any(p.search(t.name) for p in include))
-        and not any(p.search(t.name) for p in drop)
+        if (not include or any(p.search(t.name) for p in include)) and not any(p.search(t.name) for p in drop)
     ]

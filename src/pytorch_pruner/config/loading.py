@@ -10,6 +10,7 @@ Accepted shapes, all equivalent:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -25,26 +26,44 @@ __all__ = ["config_from_mapping", "dump_config", "load_config", "pruner_from_map
 _SECTION = ("pruning", "approach", "weight_compression_pytorch")
 _TOP_KEYS = ("version", "model", "pruning")
 
+
 class _Loader(yaml.SafeLoader):
     """Safe YAML loader that also reads the seed's ``!Pruner`` tag as a mapping."""
+
 
 def _pruner_tag(loader: yaml.SafeLoader, node: yaml.Node) -> dict[str, Any]:
     if not isinstance(node, yaml.MappingNode):
         raise yaml.constructor.ConstructorError(None, None, "!Pruner must tag a mapping", node.start_mark)
     return dict(loader.construct_mapping(node, deep=True))
 
+
 _Loader.add_constructor("!Pruner", _pruner_tag)
+
+# YAML 1.1 reads an unquoted 2:4 as the base-60 integer 124. A pattern is never a number, so this
+# loader reads integers the YAML 1.2 way (no base 60) and `pattern: 2:4` stays the string "2:4".
+_INT = "tag:yaml.org,2002:int"
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _INT]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    _INT, re.compile(r"^(?:[-+]?(?:0|[1-9][0-9_]*)|0x[0-9a-fA-F_]+|0o?[0-7_]+|0b[01_]+)$"), list("-+0123456789")
+)
+
 
 class _TaggedPruner(dict):
     """A mapping written back with the ``!Pruner`` tag."""
 
+
 class _Dumper(yaml.SafeDumper):
     pass
+
 
 _Dumper.add_representer(
     _TaggedPruner, lambda dumper, data: dumper.represent_mapping("!Pruner", dict(data), flow_style=False)
 )
 _Dumper.add_representer(tuple, lambda dumper, data: dumper.represent_list(list(data)))
+
 
 def _settings(mapping: Mapping[Any, Any], path: str, extra: tuple[str, ...] = ()) -> dict[str, Any]:
     if not isinstance(mapping, Mapping):
@@ -54,16 +73,16 @@ def _settings(mapping: Mapping[Any, Any], path: str, extra: tuple[str, ...] = ()
     for key, value in mapping.items():
         name = normalize_key(key, path, extra)
         if name in values:
-            raise ConfigError(
-                f"{path}{key}: the same setting is also written as {spelled[name]!r}; keep one of them"
-            )
+            raise ConfigError(f"{path}{key}: the same setting is also written as {spelled[name]!r}; keep one of them")
         spelled[name] = key
         values[name] = value if name in extra or value is None else check_value(name, value, f"{path}{key}")
     return values
 
+
 def pruner_from_mapping(mapping: Mapping[Any, Any], path: str = "") -> PrunerConfig:
     """One pruner's keys (an ``!Pruner`` item) → :class:`PrunerConfig`, errors naming *path*."""
     return PrunerConfig(**_settings(mapping, path))
+
 
 def config_from_mapping(data: Any) -> PruningConfig:
     """A parsed seed file, its inner mapping, or a flat dict of keys → :class:`PruningConfig`."""
@@ -77,8 +96,7 @@ def config_from_mapping(data: Any) -> PruningConfig:
         for key in data:
             if key not in _TOP_KEYS:
                 raise ConfigError(
-                    f"{key}: unknown top-level key{closest(str(key), list(_TOP_KEYS))}; "
-                    f"allowed: {', '.join(_TOP_KEYS)}"
+                    f"{key}: unknown top-level key{closest(str(key), list(_TOP_KEYS))}; allowed: {', '.join(_TOP_KEYS)}"
                 )
         version, model = data.get("version"), data.get("model")
         inner, where = data, ""
@@ -99,6 +117,7 @@ def config_from_mapping(data: Any) -> PruningConfig:
         raise ConfigError(f"pruners: {items!r} is not a list; write each pruner as a `- !Pruner` item")
     pruners = tuple(pruner_from_mapping(item, f"pruners[{i}].") for i, item in enumerate(items or ()))
     return PruningConfig(**settings, pruners=pruners, version=version, model=model)
+
 
 def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | PruningConfig) -> PruningConfig:
     """Load a config from a YAML file path, a mapping, or return a :class:`PruningConfig` as is.
@@ -123,13 +142,15 @@ def load_config(source: str | os.PathLike[str] | Mapping[str, Any] | PruningConf
         return loads_config(path.read_text(encoding="utf-8"), str(path))
     raise ConfigError(f"config: {source!r} is not a path, mapping or PruningConfig")
 
+
 def loads_config(text: str, name: str = "<string>") -> PruningConfig:
     """Parse YAML text in the seed format."""
     try:
-        data = yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as err:
         raise ConfigError(f"{name}: not valid YAML: {err}") from None
     return config_from_mapping(data)
+
 
 def dump_config(config: PruningConfig) -> str:
     """Write *config* as YAML in the seed layout, with ``!Pruner`` items; loads back equal."""
@@ -146,4 +167,3 @@ def dump_config(config: PruningConfig) -> str:
         doc["model"] = dict(config.model)
     doc["pruning"] = {"approach": {"weight_compression_pytorch": section}}
     return yaml.dump(doc, Dumper=_Dumper, sort_keys=False, default_flow_style=None)
-

@@ -147,7 +147,7 @@ class PrunerConfig:
 
     Example:
         >>> PrunerConfig(target_sparsity=0.5, pattern="2:4", exclude_names=[".*query"])
-        PrunerConfig(pattern='2:4', target_sparsity=0.5, exclude_names=('.*query',))
+        PrunerConfig(target_sparsity=0.5, pattern='2:4', exclude_names=('.*query',))
     """
 
     start_step: int | None = None
@@ -199,17 +199,18 @@ class PruningConfig(PrunerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from .loading import pruner_from_mapping  # noqa: PLC0415  (loading imports this module)
+        from .loading import pruner_from_mapping
 
         if isinstance(self.pruners, PrunerConfig | Mapping):
             raise ConfigError("pruners: expected a list of pruners, got a single one; wrap it in [ ]")
         items = []
         for i, item in enumerate(self.pruners or ()):
             if isinstance(item, Mapping):
-                item = pruner_from_mapping(item, f"pruners[{i}].")
+                items.append(pruner_from_mapping(item, f"pruners[{i}]."))
             elif not isinstance(item, PrunerConfig) or isinstance(item, PruningConfig):
                 raise ConfigError(f"pruners[{i}]: {item!r} is not a pruner; allowed: a mapping of pruner keys")
-            items.append(item)
+            else:
+                items.append(item)
         object.__setattr__(self, "pruners", tuple(items) or (PrunerConfig(),))
         self.resolved()  # cross-key checks now, at load time, never at the first pruning step
 

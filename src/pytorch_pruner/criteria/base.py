@@ -46,7 +46,7 @@ class Criterion(ABC):
     def __init__(self, slots: Sequence[ScoreSlot]) -> None:
         self.slots = list(slots)
 
-    def accumulate_(self) -> None:
+    def accumulate_(self) -> None:  # noqa: B027 (optional: only gradient criteria override it)
         """Fold the current gradients into the running scores (in place, no ranking)."""
 
     @abstractmethod

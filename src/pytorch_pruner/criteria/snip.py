@@ -28,9 +28,7 @@ class _GradientCriterion(Criterion):
 
     def __init__(self, slots: list[ScoreSlot]) -> None:
         super().__init__(slots)
-        self._scores = [
-            torch.zeros(s.score_shape, dtype=torch.float32, device=s.weight.device) for s in slots
-        ]
+        self._scores = [torch.zeros(s.score_shape, dtype=torch.float32, device=s.weight.device) for s in slots]
         self._scratch: torch.Tensor | None = None  # |W ⊙ G|, element level, reused by all slots
         self._reduced: torch.Tensor | None = None  # its block means, reused by all slots
 

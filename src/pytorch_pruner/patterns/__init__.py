@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 from ..errors import ConfigError, PatternError
 from .base import PATTERNS, Pattern
 from .channel import Channel
+from .head import ChannelGroup
 from .nm import NInM
 from .nxm import NxM
 
-__all__ = ["PATTERNS", "Channel", "NInM", "NxM", "Pattern", "parse_pattern"]
-
+__all__ = ["PATTERNS", "Channel", "ChannelGroup", "NInM", "NxM", "Pattern", "parse_pattern"]
 
 
 def parse_pattern(text: object, path: str = "pattern") -> Pattern:
@@ -25,7 +23,10 @@ def parse_pattern(text: object, path: str = "pattern") -> Pattern:
         >>> parse_pattern("tile_pattern_2:4")
         NInM('2:4')
     """
-    allowed = "NxM (e.g. '4x1', '1x1'), N:M with 1 <= N < M (e.g. '2:4'), 'channelx1' or '1xchannel'"
+    allowed = (
+        "NxM (e.g. '4x1', '1x1'), N:M with 1 <= N < M (e.g. '2:4'), 'channelx1', '1xchannel', "
+        "groups of K columns or rows 'channelxK' / 'Kxchannel', attention heads 'head:<head_dim>'"
+    )
     if not isinstance(text, str):
         raise ConfigError(f"{path}: {text!r} is not a pattern string; allowed: {allowed}")
     core = text.strip()

@@ -25,10 +25,7 @@ class NInM(Pattern):
 
     def __init__(self, n: int, m: int, name: str | None = None) -> None:
         if not 1 <= n < m:
-            raise PatternError(
-                f"pattern '{n}:{m}': N:M zeroes N of every M weights and needs 1 <= N < M "
-                "(e.g. 2:4)"
-            )
+            raise PatternError(f"pattern '{n}:{m}': N:M zeroes N of every M weights and needs 1 <= N < M (e.g. 2:4)")
         self.n, self.m = n, m
         self.name = name or f"{n}:{m}"
 

@@ -1,0 +1,17 @@
+import pytest
+
+pytest.importorskip("sklearn")
+
+
+def test_demo_prunes_a_real_model_on_real_data_and_keeps_accuracy(capsys) -> None:
+    from pytorch_pruner.demo import run
+
+    result = run(dense_epochs=4, prune_epochs=5, target=0.8)
+    assert result["dense_accuracy"] > 0.9  # real digits, a CNN learns them in a few epochs
+    # hidden Linear layers at 0.8 (global), the convolutions at 0.4 each; 4x1 blocks
+    linear, conv = 1024 * 256 + 256 * 128, 32 * 9 + 64 * 32 * 9
+    expected = (0.8 * linear + 0.4 * conv) / (linear + conv)
+    assert result["pruned_layer_sparsity"] == pytest.approx(expected, abs=0.005)
+    assert result["sparse_accuracy"] > result["dense_accuracy"] - 0.05
+    out = capsys.readouterr().out
+    assert "fc1" in out and "conv2" in out and "test accuracy" in out

@@ -1,0 +1,96 @@
+import math
+
+import pytest
+import torch
+
+from pytorch_pruner.selection import LayerUnits, lowest_k, select
+
+
+def units(n: int, size: int = 1, cap: float = 1.0, floor: float = 0.0, scale: float = 1.0, seed: int = 0) -> LayerUnits:
+    scores = torch.rand(n, generator=torch.Generator().manual_seed(seed)) * scale
+    return LayerUnits(scores, unit_elements=size, numel=n * size, max_sparsity=cap, min_sparsity=floor)
+
+
+def counts(chosen) -> list[int]:
+    return [int(c.sum()) for c in chosen]
+
+
+def test_lowest_k_is_exact_and_breaks_ties_by_index() -> None:
+    scores = torch.tensor([3.0, 1.0, 1.0, 1.0, 0.0, 5.0])
+    assert lowest_k(scores, 3).tolist() == [False, True, True, False, True, False]
+    assert lowest_k(torch.zeros(10), 4).tolist() == [True] * 4 + [False] * 6
+    assert int(lowest_k(scores, 0).sum()) == 0 and int(lowest_k(scores, 99).sum()) == 6
+
+
+@pytest.mark.parametrize("s", [0.0, 0.1, 0.29, 0.5, 0.7, 0.9, 0.98])
+def test_global_prunes_exactly_floor_s_times_units(s: float) -> None:
+    layers = [units(100, seed=1), units(300, seed=2), units(37, seed=3)]
+    assert sum(counts(select(layers, s, "global"))) == math.floor(s * 437 + 1e-6)
+
+
+def test_global_ranks_across_layers() -> None:
+    low, high = units(100, seed=1), units(100, seed=2)
+    high = LayerUnits(high.scores + 1.0, 1, 100)  # every score above every score of `low`
+    assert counts(select([low, high], 0.5, "global")) == [100, 0]
+
+
+def test_local_ranks_within_each_layer() -> None:
+    low, high = units(100, scale=0.1, seed=1), units(40, seed=2)
+    chosen = select([low, high], 0.5, "local")
+    assert counts(chosen) == [50, 20]
+    assert chosen[0].tolist() == lowest_k(low.scores, 50).tolist()
+
+
+def test_ties_never_prune_more_than_k() -> None:
+    flat = [LayerUnits(torch.ones(10), 1, 10), LayerUnits(torch.ones(10), 1, 10)]
+    assert counts(select(flat, 0.25, "global")) == [5, 0]  # earlier layer first, deterministic
+
+
+def test_cap_redistributes_so_the_total_still_reaches_the_target() -> None:
+    # INC v1: target 0.9 with cap 0.85 ended at 0.82; the budget the capped layer can't take
+    # goes to the others.
+    layers = [units(1000, cap=0.85, scale=0.01, seed=1), units(1000, cap=0.95, seed=2), units(1000, cap=0.95, seed=3)]
+    got = counts(select(layers, 0.9, "global"))
+    assert got[0] == 850
+    assert sum(got) == 2700
+    assert all(c <= 950 for c in got[1:])
+
+
+def test_cap_iterates_until_stable() -> None:
+    layers = [
+        units(100, cap=0.5, scale=0.01, seed=1),
+        units(100, cap=0.7, scale=0.1, seed=2),
+        units(100, cap=0.99, seed=3),
+    ]
+    got = counts(select(layers, 0.7, "global"))
+    assert got[:2] == [50, 70] and sum(got) == 210
+
+
+def test_floor_is_best_effort_after_the_cap() -> None:
+    strong = units(100, floor=0.3, scale=10.0, seed=1)  # never chosen by ranking alone
+    weak = units(100, seed=2)
+    got = counts(select([strong, weak], 0.5, "global"))
+    assert got == [30, 70]
+    # at a step whose sparsity is below the floor, the floor is that sparsity
+    assert counts(select([strong, weak], 0.2, "global")) == [20, 20]
+
+
+def test_units_of_different_sizes_walk_the_ranking_by_weights() -> None:
+    # channels of two layers: 10 columns of 10 weights and 20 columns of 20 weights
+    a = LayerUnits(torch.linspace(0, 1, 10), unit_elements=10, numel=100)
+    b = LayerUnits(torch.linspace(0.05, 1.05, 20), unit_elements=20, numel=400)
+    chosen = select([a, b], 0.5, "global")
+    pruned = int(chosen[0].sum()) * 10 + int(chosen[1].sum()) * 20
+    assert pruned <= 250 and pruned > 250 - 20  # within one unit of the budget, never above
+    assert chosen[0][:3].all() and chosen[1][:3].all()
+
+
+def test_nan_scores_do_not_break_the_ranking() -> None:
+    scores = torch.tensor([0.5, float("nan"), 0.2, 0.9])
+    chosen = select([LayerUnits(scores, 1, 4)], 0.5, "global")[0]
+    assert chosen.tolist() == [False, True, True, False]
+
+
+def test_unknown_domain() -> None:
+    with pytest.raises(ValueError, match="domain must be 'global' or 'local'"):
+        select([units(4)], 0.5, "everywhere")
