@@ -94,3 +94,33 @@ def test_nan_scores_do_not_break_the_ranking() -> None:
 def test_unknown_domain() -> None:
     with pytest.raises(ValueError, match="domain must be 'global' or 'local'"):
         select([units(4)], 0.5, "everywhere")
+
+
+def reference_global(layers: list[LayerUnits], s: float) -> list[int]:
+    """Walk one stable ranking from the lowest score, skipping layers at their cap."""
+    flat = [(float(v), li, j) for li, layer in enumerate(layers) for j, v in enumerate(layer.scores.tolist())]
+    flat.sort(key=lambda item: (item[0], item[1], item[2]))
+    caps = [layer.bounds(s)[1] for layer in layers]
+    k = math.floor(s * sum(layer.numel for layer in layers) / layers[0].unit_elements + 1e-6)
+    got = [0] * len(layers)
+    for _, li, _ in flat:
+        if sum(got) == k:
+            break
+        if got[li] < caps[li]:
+            got[li] += 1
+    return got
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_global_selection_with_caps_and_ties_matches_a_reference_walk(seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    sizes = torch.randint(5, 60, (4,), generator=g).tolist()
+    layers = [
+        LayerUnits(torch.randint(0, 6, (n,), generator=g).float() * (0.2 if i == 0 else 1.0), 2, 2 * n, max_sparsity=0.7)
+        for i, n in enumerate(sizes)
+    ]
+    chosen = select(layers, 0.65, "global")
+    assert counts(chosen) == reference_global(layers, 0.65)
+    for layer, mask in zip(layers, chosen, strict=True):  # each layer prunes its own lowest units
+        if mask.any() and not mask.all():
+            assert layer.scores[mask].max() <= layer.scores[~mask].min()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
@@ -51,6 +52,16 @@ class SparsityReport:
     def to_dict(self) -> dict[str, Any]:
         return {"step": self.step, "ratios": self.ratios._asdict(), "layers": [asdict(r) for r in self.layers]}
 
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SparsityReport:
+        """Inverse of :meth:`to_dict` (e.g. a report read back from JSON).
+
+        Raises:
+            KeyError, TypeError: *data* is not a report's dict.
+        """
+        layers = [LayerReport(**{**row, "shape": tuple(row["shape"])}) for row in data["layers"]]
+        return cls(int(data["step"]), SparsityRatios(**data["ratios"]), layers)
+
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
 
@@ -61,17 +72,27 @@ class SparsityReport:
         for r in self.layers:
             note = f"skipped: {r.skipped}" if r.skipped else ("" if r.compliant in (True, None) else "BLOCKS BROKEN")
             rows.append(
-                [r.name, "x".join(map(str, r.shape)), r.pruner, r.pattern, r.criterion,
-                 f"{r.target:.4f}", f"{r.sparsity:.4f}", note]
+                [
+                    r.name,
+                    "x".join(map(str, r.shape)),
+                    r.pruner,
+                    r.pattern,
+                    r.criterion,
+                    f"{r.target:.4f}",
+                    f"{r.sparsity:.4f}",
+                    note,
+                ]
             )
         try:
-            from tabulate import tabulate  # noqa: PLC0415 (optional extra)
+            from tabulate import tabulate
 
             table = tabulate(rows, headers=headers, disable_numparse=True)
         except ImportError:  # plain columns without the optional dependency
             widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
             lines = [headers, ["-" * w for w in widths], *rows]
-            table = "\n".join("  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in lines)
+            table = "\n".join(
+                "  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in lines
+            )
         ratios = "\n".join(f"{k}: {v:.4f}" for k, v in self.ratios._asdict().items())
         return f"{table}\n\nstep {self.step}\n{ratios}"
 
@@ -107,17 +128,27 @@ def sparsity_ratios(model: nn.Module, pruners: list[Any]) -> SparsityRatios:
 
 def build_report(model: nn.Module, pruners: list[Any], step: int) -> SparsityReport:
     rows: list[LayerReport] = []
+    # by the names pruners use (wrappers such as torch.compile's `_orig_mod.` left out)
+    modules = {t.name: t.module for t in prunable_layers(model)} if any(p.skipped for p in pruners) else {}
     for i, p in enumerate(pruners):
         s = p.settings
         for layer in p.layers:
             w = layer.target.weight
             zero_where_pruned = bool((w.detach()[~p.full_mask(layer)] == 0).all())
             rows.append(
-                LayerReport(layer.name, tuple(w.shape), i, p.pattern.name, s.prune_type,
-                            p.current_sparsity, layer.sparsity, compliant=zero_where_pruned)
+                LayerReport(
+                    layer.name,
+                    tuple(w.shape),
+                    i,
+                    p.pattern.name,
+                    s.prune_type,
+                    p.current_sparsity,
+                    layer.sparsity,
+                    compliant=zero_where_pruned,
+                )
             )
         for name, reason in p.skipped:
-            module = model.get_submodule(name)
+            module = modules[name]
             rows.append(
                 LayerReport(name, tuple(module.weight.shape), i, p.pattern.name, s.prune_type, 0.0, 0.0, skipped=reason)
             )

@@ -112,7 +112,8 @@ def _select_global(layers: Sequence[LayerUnits], sparsity: float) -> list[torch.
         free = [i for i in range(len(layers)) if i not in fixed]
         left = budget - sum(units * layers[i].unit_elements for i, units in fixed.items())
         if uniform:
-            counts = _threshold_counts(scores, free, left // layers[0].unit_elements)
+            threshold = _Threshold(scores, free, left // layers[0].unit_elements)
+            counts = threshold.counts
         else:
             counts = ranking.counts(free, left)
         changed = False
@@ -125,27 +126,48 @@ def _select_global(layers: Sequence[LayerUnits], sparsity: float) -> list[torch.
             break
     chosen = []
     for i, layer_scores in enumerate(scores):
-        chosen.append(lowest_k(layer_scores, fixed.get(i, counts.get(i, 0))))
+        if i in fixed:
+            chosen.append(lowest_k(layer_scores, fixed[i]))
+        elif uniform:
+            chosen.append(threshold.chosen(i))
+        else:
+            chosen.append(lowest_k(layer_scores, counts[i]))
     return chosen
 
 
-def _threshold_counts(scores: list[torch.Tensor], free: list[int], k: int) -> dict[int, int]:
-    """How many of each free layer's units fall among the k lowest of all free units."""
-    if not free or k <= 0:
-        return {i: 0 for i in free}
-    pool = torch.cat([scores[i] for i in free])
-    if k >= pool.numel():
-        return {i: scores[i].numel() for i in free}
-    kth = torch.kthvalue(pool, k).values
-    less = [int((scores[i] < kth).sum()) for i in free]
-    ties = k - sum(less)
-    counts = {}
-    for i, n in zip(free, less, strict=True):
-        equal = int((scores[i] == kth).sum()) if ties else 0
-        take = min(equal, ties)
-        ties -= take
-        counts[i] = n + take
-    return counts
+class _Threshold:
+    """The k lowest of the free layers' units, found with one k-th value over all of them."""
+
+    def __init__(self, scores: list[torch.Tensor], free: list[int], k: int) -> None:
+        self.scores = scores
+        self.kth: torch.Tensor | None = None
+        self.less: dict[int, int] = {}
+        self.counts: dict[int, int] = {i: 0 for i in free}
+        if not free or k <= 0:
+            return
+        sizes = sum(scores[i].numel() for i in free)
+        if k >= sizes:
+            self.counts = {i: scores[i].numel() for i in free}
+            self.less = dict(self.counts)
+            return
+        pool = torch.cat([scores[i] for i in free]) if len(free) > 1 else scores[free[0]]
+        self.kth = torch.kthvalue(pool, k).values
+        self.less = {i: int((scores[i] < self.kth).sum()) for i in free}
+        ties = k - sum(self.less.values())  # units equal to the k-th value: earlier layers first
+        for i in free:
+            take = min(int((scores[i] == self.kth).sum()), ties) if ties else 0
+            ties -= take
+            self.counts[i] = self.less[i] + take
+
+    def chosen(self, i: int) -> torch.Tensor:
+        scores = self.scores[i]
+        if self.kth is None:
+            return torch.full_like(scores, self.counts.get(i, 0) > 0, dtype=torch.bool)
+        mask = scores < self.kth
+        missing = self.counts[i] - self.less[i]
+        if missing:
+            mask[torch.nonzero(scores == self.kth).flatten()[:missing]] = True
+        return mask
 
 
 class _Ranking:
