@@ -1,0 +1,131 @@
+"""torch.distributed: DDP ranks end identical; FSDP2-sharded weights are refused clearly.
+
+Two processes on CPU with the gloo backend, rendezvous through a file in tmp_path (no port to
+pick, so no clash with other runs). One spawn serves every test of this module.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from pytorch_pruner import Pruning, PruningError
+
+from .conftest import make_mlp
+
+WORLD = 2
+STEPS = 8
+CONFIG = {
+    "start_step": 2,
+    "end_step": 6,
+    "update_frequency_on_step": 2,
+    "target_sparsity": 0.5,
+    "pruners": [
+        # names written without DDP's `module.` prefix: the wrapper is looked through
+        {"names": ["^fc"], "prune_type": "snip_momentum", "pattern": "4x1"},
+        {"names": ["^head$"], "prune_type": "magnitude", "pattern": "1x1"},
+    ],
+}
+
+pytestmark = pytest.mark.skipif(
+    not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
+)
+
+
+def _train_ddp(rank: int) -> dict[str, Any]:
+    torch.manual_seed(rank)  # ranks start different: DDP must broadcast rank 0's weights
+    model = make_mlp()
+    ddp = DistributedDataParallel(model)
+    pruning = Pruning(CONFIG)
+    pruning.on_train_begin(ddp)
+    optimizer = torch.optim.AdamW(ddp.parameters(), lr=1e-2, weight_decay=0.1)
+    data = torch.Generator().manual_seed(100 + rank)  # each rank its own batches, as a sampler gives
+    for step in range(STEPS):
+        for micro in range(2):  # gradient accumulation: no all-reduce until the last micro-batch
+            pruning.on_step_begin(step * 2 + micro)
+            context = ddp.no_sync() if micro == 0 else torch.enable_grad()
+            with context:
+                ddp(torch.randn(16, 32, generator=data)).pow(2).mean().backward()
+        pruning.on_before_optimizer_step()
+        optimizer.step()
+        pruning.on_after_optimizer_step()
+        optimizer.zero_grad()
+    return {
+        "step": pruning.step,
+        "names": [[layer.name for layer in p.layers] for p in pruning.pruners],
+        "masks": pruning.masks(),
+        "scores": [s.clone() for s in pruning.pruners[0].criterion.scores()],
+        "weights": {k: v.clone() for k, v in model.state_dict().items()},
+        "zero_where_pruned": all(
+            bool((layer.target.weight.detach()[~p.full_mask(layer)] == 0).all())
+            for p in pruning.pruners
+            for layer in p.layers
+        ),
+        "sparsity": [
+            sum(layer.pruned_elements for layer in p.layers) / sum(layer.numel for layer in p.layers)
+            for p in pruning.pruners
+        ],
+    }
+
+
+def _fsdp2_is_refused() -> str:
+    from torch.distributed.fsdp import fully_shard
+
+    model = make_mlp()
+    fully_shard(model.fc1)
+    fully_shard(model)
+    with pytest.raises(PruningError, match=r"pruners\[0\]: layers \['fc1', 'fc2', 'head'\] have sharded") as err:
+        Pruning({"prune_type": "magnitude", "pattern": "1x1"}).on_train_begin(model)
+    return str(err.value)
+
+
+def _worker(rank: int, store: str, out: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    try:
+        result = _train_ddp(rank)
+        result["fsdp2_error"] = _fsdp2_is_refused()
+        torch.save(result, os.path.join(out, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
+    import torch.multiprocessing as mp
+
+    out = tmp_path_factory.mktemp("ddp")
+    mp.spawn(_worker, args=(str(out / "store"), str(out)), nprocs=WORLD, join=True)
+    return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(WORLD)]
+
+
+def test_ddp_ranks_end_with_identical_masks_and_weights(ranks: list[dict[str, Any]]) -> None:
+    first, second = ranks
+    assert first["step"] == second["step"] == STEPS  # optimizer steps, not the 16 micro-batches
+    assert first["names"] == [["fc1", "fc2"], ["head"]]
+    assert first["masks"].keys() == second["masks"].keys()
+    for name in first["masks"]:
+        assert torch.equal(first["masks"][name], second["masks"][name]), name
+    for a, b in zip(first["scores"], second["scores"], strict=True):
+        assert torch.equal(a, b)
+    for name in first["weights"]:
+        assert torch.equal(first["weights"][name], second["weights"][name]), name
+
+
+def test_ddp_run_reaches_the_target_with_exact_zeros(ranks: list[dict[str, Any]]) -> None:
+    for result in ranks:
+        assert result["zero_where_pruned"]
+        assert result["sparsity"] == [pytest.approx(0.5, abs=1e-9)] * 2
+
+
+def test_fsdp2_sharded_weights_are_refused_with_a_way_out(ranks: list[dict[str, Any]]) -> None:
+    # pytest.raises ran in each rank; here the message's advice is checked once more
+    for result in ranks:
+        assert "not supported yet" in result["fsdp2_error"]
+        assert "DistributedDataParallel" in result["fsdp2_error"]
