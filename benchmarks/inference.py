@@ -1,0 +1,164 @@
+"""Inference speed from sparsity: dense vs slimmed BERT on the CPU, dense vs 2:4 Linear on a GPU.
+
+CPU part: a BERT-mini-size (hidden 256, 4 layers, 4 heads, FFN 1024) and a MiniLM-size (hidden
+384, 6 layers, 12 heads, FFN 1536) encoder, random init, are pruned one-shot by magnitude with
+``channelx1`` on every FFN output layer (the same sparsity in each layer) and ``head:<head_dim>``
+on every attention output layer, then slimmed with :func:`pytorch_pruner.speed.slim_`. Each
+variant is checked to give the masked model's outputs, then timed under ``torch.inference_mode``
+against the dense model, the two interleaved, in this one process: median latency of ``--repeats``
+runs after warm-up, and speedup = median over runs of dense time / slimmed time.
+
+GPU part (when a GPU with 2:4 kernels is there): for the Linear shapes of these models and a few
+large ones, dense ``F.linear`` vs the semi-structured sparse weight, float16, at batch x seq tokens.
+
+Run:  python benchmarks/inference.py            (all defaults, about ten minutes on one core)
+      python benchmarks/inference.py --models mini --batch 1 --repeats 5   (quick)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from tabulate import tabulate
+from torch import nn
+from transformers import BertConfig, BertModel
+
+from pytorch_pruner import prune_
+from pytorch_pruner.speed import semi_structured_support, slim_, time_linear
+
+MODELS: dict[str, dict[str, int]] = {
+    "mini": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
+    "minilm": {"hidden_size": 384, "num_hidden_layers": 6, "num_attention_heads": 12, "intermediate_size": 1536},
+}
+
+
+def build(name: str) -> BertModel:
+    """A random-init encoder of the named size (speed does not depend on the weights' values)."""
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, max_position_embeddings=512, **MODELS[name])
+    return BertModel(config).eval()
+
+
+def pruned_and_slimmed(dense: BertModel, ffn: float, heads: float) -> tuple[nn.Module, nn.Module]:
+    """(masked model, slimmed copy) at *ffn* of the FFN neurons and *heads* of the heads pruned."""
+    config = dense.config
+    head_dim = config.hidden_size // config.num_attention_heads
+    pruners = []
+    if ffn > 0:
+        pruners.append({"names": [r"layer\.\d+\.output\.dense$"], "pattern": "channelx1", "target_sparsity": ffn})
+    if heads > 0:
+        pattern = f"head:{head_dim}"
+        pruners.append({"names": [r"attention\.output\.dense$"], "pattern": pattern, "target_sparsity": heads})
+    masked = copy.deepcopy(dense)
+    if pruners:
+        prune_(masked, {"prune_domain": "local", "pruners": pruners})
+    slim = copy.deepcopy(masked)
+    if pruners:
+        slim_(slim)
+    return masked, slim
+
+
+def paired_medians(fns: list[Callable[[], object]], repeats: int, warmup: int = 2) -> tuple[list[float], float]:
+    """Time *fns* over *repeats* rounds, after *warmup* rounds. Each round runs every function once,
+    in turn, so a change of machine load hits all of them alike.
+
+    Returns:
+        The median seconds of each function, and the median over rounds of (first / last) time:
+        the speedup of the last over the first, measured within rounds, which other processes on
+        the machine disturb far less than the ratio of two medians.
+    """
+    for _ in range(warmup):
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, spent in zip(fns, times, strict=True):
+            start = time.perf_counter()
+            fn()
+            spent.append(time.perf_counter() - start)
+    ratio = statistics.median(a / b for a, b in zip(times[0], times[-1], strict=True))
+    return [statistics.median(t) for t in times], ratio
+
+
+def cpu_table(args: argparse.Namespace) -> list[list[object]]:
+    rows: list[list[object]] = []
+    for name in args.models:
+        dense = build(name)
+        for heads in args.heads:
+            for ffn in args.ffn:
+                masked, slim = pruned_and_slimmed(dense, ffn, heads)
+                params = sum(p.numel() for p in slim.encoder.parameters()) / 1e6
+                for batch in args.batch:
+                    ids = torch.randint(0, 30522, (batch, args.seq), generator=torch.Generator().manual_seed(batch))
+                    repeats = args.repeats if batch < 8 else max(5, args.repeats // 3)
+                    with torch.inference_mode():
+                        error = float((masked(ids).last_hidden_state - slim(ids).last_hidden_state).abs().max())
+                        runs = [lambda m=dense, ids=ids: m(ids), lambda m=slim, ids=ids: m(ids)]
+                        (base, fast), speedup = paired_medians(runs, repeats)
+                    rows.append([
+                        name, f"{ffn:.0%}", f"{heads:.0%}", batch, f"{params:.2f}", f"{base * 1e3:.1f}",
+                        f"{fast * 1e3:.1f}", f"{batch / fast:.1f}", f"{speedup:.2f}x", f"{error:.1e}",
+                    ])  # fmt: skip
+                    print(" | ".join(map(str, rows[-1])), flush=True)
+    return rows
+
+
+def gpu_table(args: argparse.Namespace) -> list[list[object]]:
+    shapes = sorted({(1024, 256), (256, 1024), (1536, 384), (384, 1536), (3072, 768), (768, 3072),
+                     (4096, 4096), (11008, 4096), (4096, 11008), (8192, 8192)})  # fmt: skip
+    rows: list[list[object]] = []
+    for out_features, in_features in shapes:
+        layer = nn.Linear(in_features, out_features).cuda().half()
+        prune_(nn.Sequential(layer), pattern="2:4", target_sparsity=0.5)
+        for batch in args.batch:
+            dense_ms, sparse_ms = time_linear(layer, batch * args.seq, repeats=args.repeats * 5)
+            rows.append([f"{out_features}x{in_features}", batch * args.seq, f"{dense_ms:.4f}", f"{sparse_ms:.4f}",
+                         f"{dense_ms / sparse_ms:.2f}x"])  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    parser.add_argument("--ffn", nargs="+", type=float, default=[0.0, 0.25, 0.5, 0.75], help="FFN sparsities")
+    parser.add_argument("--heads", nargs="+", type=float, default=[0.0, 0.5], help="head sparsities")
+    parser.add_argument("--batch", nargs="+", type=int, default=[1, 32])
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=9, help="timed runs at batch 1 (a third at larger batches)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help=f"torch CPU threads (this machine has {os.cpu_count()} CPUs)"
+    )
+    parser.add_argument("--no-cpu", action="store_true", help="skip the CPU part")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    print(f"CPU: {cpu}, {args.threads} threads; torch {torch.__version__}; seq {args.seq}")
+    if not args.no_cpu:
+        headers = ["model", "FFN pruned", "heads pruned", "batch", "encoder Mparams", "dense ms", "slim ms",
+                   "slim seq/s", "speedup", "max |diff|"]  # fmt: skip
+        rows = cpu_table(args)
+        print(tabulate(rows, headers=headers, tablefmt="github"))
+    why_not = semi_structured_support()
+    if why_not is None:
+        print(f"\nGPU: {torch.cuda.get_device_name()}, float16, dense vs 2:4 semi-structured F.linear")
+        headers = ["weight [out x in]", "tokens", "dense ms", "2:4 ms", "speedup"]
+        print(tabulate(gpu_table(args), headers=headers, tablefmt="github"))
+    else:
+        print(f"\nGPU part skipped: {why_not}")
+
+
+if __name__ == "__main__":
+    main()

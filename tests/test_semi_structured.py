@@ -1,0 +1,125 @@
+"""2:4 export: layout check, layer choice and the no-GPU path on CPU; the conversion on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pytorch_pruner import PatternError, prune_
+from pytorch_pruner.speed import (
+    LayerDecision,
+    check_2to4,
+    choose_layers,
+    select_faster,
+    semi_structured_support,
+    to_semi_structured_,
+)
+
+needs_no_gpu = pytest.mark.skipif(torch.cuda.is_available(), reason="tests the path without a CUDA GPU")
+
+
+def _model() -> nn.Sequential:
+    """fc0 and fc1 fit the 2:4 kernels' shapes; the last layer (10 outputs) does not."""
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 10))
+
+
+def _pruned() -> nn.Sequential:
+    model = _model()
+    prune_(model, {"names": ["^0$", "^2$"], "pattern": "2:4", "target_sparsity": 0.5})
+    return model
+
+
+def test_check_2to4_accepts_pruned_weights() -> None:
+    model = _pruned()
+    check_2to4(model[0].weight, "0")
+    zeros = model[2].weight.reshape(-1, 4).eq(0).sum(dim=1)
+    assert bool((zeros >= 2).all())
+
+
+def test_check_2to4_names_the_first_bad_group() -> None:
+    weight = torch.zeros(3, 8)
+    weight[1, 4:7] = 1.0  # row 1, second group: 3 nonzeros
+    with pytest.raises(
+        PatternError, match=r"fc: 1 of 6 groups .* \(first: row 1, columns 4..7 = \[1.0, 1.0, 1.0, 0.0\]\)"
+    ):
+        check_2to4(weight, "fc")
+    with pytest.raises(PatternError, match=r"fc: 2:4 sparsity needs the input dimension divisible by 4; .*\[2, 6\]"):
+        check_2to4(torch.zeros(2, 6), "fc")
+
+
+def test_choose_layers_marks_what_fits() -> None:
+    decisions = {d.name: d for d in choose_layers(_pruned(), dtype=torch.float16)}
+    assert decisions["0"].eligible and decisions["2"].eligible
+    assert not decisions["4"].eligible and decisions["4"].reason.startswith("not 2:4 sparse")
+    fp32 = {d.name: d for d in choose_layers(_pruned())}
+    assert "dtype torch.float32 has no 2:4 kernel" in fp32["0"].reason
+
+
+def test_choose_layers_checks_shape_multiples() -> None:
+    model = nn.Sequential(nn.Linear(32, 48))  # 2:4 sparse, but 48 rows is not a multiple of 32
+    prune_(model, {"pattern": "2:4", "target_sparsity": 0.5})
+    (decision,) = choose_layers(model, dtype=torch.bfloat16)
+    assert not decision.eligible and "not a multiple of (32, 64)" in decision.reason
+
+
+def test_named_layers_must_be_2to4() -> None:
+    with pytest.raises(PatternError, match=r"^4: .* not 2:4 sparse"):
+        choose_layers(_pruned(), names=["^4$"])
+    with pytest.raises(ValueError, match=r"names \['nothing'\] match no Linear layer"):
+        choose_layers(_pruned(), names=["nothing"])
+
+
+def test_select_faster_converts_only_faster_layers() -> None:
+    decisions = [
+        LayerDecision("a", (64, 64), True, "2:4 sparse"),
+        LayerDecision("b", (64, 64), True, "2:4 sparse"),
+        LayerDecision("c", (10, 64), False, "shape"),
+    ]
+    chosen = select_faster(decisions, {"a": (2.0, 1.0), "b": (1.0, 1.25)}, min_speedup=1.1)
+    assert [d.converted for d in chosen] == [True, False, False]
+    assert chosen[0].speedup == 2.0 and chosen[0].reason == "speedup 2.00x >= 1.1x"
+    assert chosen[1].reason == "speedup 0.80x < 1.1x" and chosen[2] == decisions[2]
+
+
+@needs_no_gpu
+def test_without_gpu_warns_and_leaves_the_model_unchanged() -> None:
+    model = _pruned()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.warns(UserWarning, match="no CUDA GPU is available .* the model is left unchanged"):
+        report = to_semi_structured_(model)
+    assert report.converted == [] and "not exported: no CUDA GPU" in report.layers[0].reason
+    assert all(torch.equal(before[k], v) and v.layout == torch.strided for k, v in model.state_dict().items())
+
+
+@needs_no_gpu
+def test_layout_is_checked_before_the_device() -> None:
+    with pytest.raises(PatternError, match="not 2:4 sparse"):
+        to_semi_structured_(_model(), names=["^0$"])
+
+
+def test_support_message_for_cpu_models() -> None:
+    reason = semi_structured_support("cpu")
+    assert reason is not None and ("CUDA" in reason)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(semi_structured_support() is not None, reason=str(semi_structured_support()))
+@pytest.mark.parametrize("min_speedup", [0.0, float("inf")])
+def test_export_on_gpu(min_speedup: float) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 512)).cuda().half().eval()
+    prune_(model, {"pattern": "2:4", "target_sparsity": 0.5})
+    x = torch.randn(256, 1024, device="cuda", dtype=torch.half)
+    with torch.inference_mode():
+        dense = model(x)
+    report = to_semi_structured_(model, tokens=256, min_speedup=min_speedup)
+    converted = [isinstance(m.weight, torch.sparse.SparseSemiStructuredTensor) for m in (model[0], model[2])]
+    if min_speedup == 0.0:
+        assert converted == [True, True] and report.converted == ["0", "2"]
+    else:
+        assert converted == [False, False] and report.converted == []
+    assert all(d.dense_ms and d.sparse_ms for d in report.layers)
+    with torch.inference_mode():
+        torch.testing.assert_close(model(x), dense, atol=2e-2, rtol=2e-2)
