@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pytorch_pruner.selection import LayerUnits, lowest_k, select
+from pytorch_pruner.selection import LayerUnits, kth_smallest, lowest_k, select
 
 
 def units(n: int, size: int = 1, cap: float = 1.0, floor: float = 0.0, scale: float = 1.0, seed: int = 0) -> LayerUnits:
@@ -116,7 +116,7 @@ def test_global_selection_with_caps_and_ties_matches_a_reference_walk(seed: int)
     g = torch.Generator().manual_seed(seed)
     sizes = torch.randint(5, 60, (4,), generator=g).tolist()
     layers = [
-        LayerUnits(torch.randint(0, 6, (n,), generator=g).float() * (0.2 if i == 0 else 1.0), 2, 2 * n, max_sparsity=0.7)
+        LayerUnits(torch.randint(0, 6, (n,), generator=g) * (0.2 if i == 0 else 1.0), 2, 2 * n, max_sparsity=0.7)
         for i, n in enumerate(sizes)
     ]
     chosen = select(layers, 0.65, "global")
@@ -124,3 +124,12 @@ def test_global_selection_with_caps_and_ties_matches_a_reference_walk(seed: int)
     for layer, mask in zip(layers, chosen, strict=True):  # each layer prunes its own lowest units
         if mask.any() and not mask.all():
             assert layer.scores[mask].max() <= layer.scores[~mask].min()
+
+
+@pytest.mark.parametrize("n", [1000, 300_000, 2_000_000])
+@pytest.mark.parametrize("q", [0.0001, 0.5, 0.9, 0.99999])
+def test_kth_smallest_is_exact_on_large_inputs_with_ties(n: int, q: float) -> None:
+    g = torch.Generator().manual_seed(n)
+    x = torch.cat([torch.rand(n // 2, generator=g), torch.randint(0, 50, (n - n // 2,), generator=g).float() / 50])
+    k = max(1, int(q * n))
+    assert kth_smallest(x, k) == torch.kthvalue(x, k).values

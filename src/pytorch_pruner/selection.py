@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LayerUnits", "lowest_k", "select"]
+__all__ = ["LayerUnits", "kth_smallest", "lowest_k", "select"]
 
 _EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
 
@@ -52,6 +52,34 @@ class LayerUnits:
         return min(max(lo, 0), hi), hi
 
 
+_SAMPLE = 1 << 16  # sample size for the k-th value search on large inputs
+
+
+def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The exact k-th smallest value of 1-D *x* (1-based), as a 0-dim tensor.
+
+    ``torch.kthvalue`` is a single-threaded quickselect over a copy of the input. For large inputs
+    the value is bracketed from a fixed-seed sample first, and only the few entries inside the
+    bracket are selected from: about five elementwise passes instead, several times faster at
+    10^7-10^8 scores. If the bracket misses (a probability far below 1e-4), the full search runs.
+    """
+    n = x.numel()
+    if n <= 4 * _SAMPLE:
+        return torch.kthvalue(x, k).values
+    generator = torch.Generator(device=x.device).manual_seed(0)
+    sample = x[torch.randint(n, (_SAMPLE,), generator=generator, device=x.device)]
+    q = k / n
+    margin = 5.0 * math.sqrt(q * (1.0 - q) / _SAMPLE) + 2.0 / _SAMPLE
+    lo = torch.kthvalue(sample, max(1, math.floor((q - margin) * _SAMPLE))).values
+    hi = torch.kthvalue(sample, min(_SAMPLE, math.ceil((q + margin) * _SAMPLE))).values
+    below = int(torch.count_nonzero(x < lo))
+    band = x[(x >= lo) & (x <= hi)]
+    rank = k - below
+    if 1 <= rank <= band.numel():
+        return torch.kthvalue(band, rank).values
+    return torch.kthvalue(x, k).values
+
+
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
     """Bool mask of the *k* lowest entries of 1-D *scores*; ties go to the lower index.
 
@@ -62,9 +90,9 @@ def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
         return torch.zeros(n, dtype=torch.bool, device=scores.device)
     if k >= n:
         return torch.ones(n, dtype=torch.bool, device=scores.device)
-    kth = torch.kthvalue(scores, k).values
+    kth = kth_smallest(scores, k)
     chosen = scores < kth
-    missing = k - int(chosen.sum())
+    missing = k - int(torch.count_nonzero(chosen))
     if missing:
         ties = torch.nonzero(scores == kth).flatten()[:missing]
         chosen[ties] = True
@@ -142,6 +170,7 @@ class _Threshold:
         self.scores = scores
         self.kth: torch.Tensor | None = None
         self.less: dict[int, int] = {}
+        self.below: dict[int, torch.Tensor] = {}
         self.counts: dict[int, int] = {i: 0 for i in free}
         if not free or k <= 0:
             return
@@ -151,11 +180,12 @@ class _Threshold:
             self.less = dict(self.counts)
             return
         pool = torch.cat([scores[i] for i in free]) if len(free) > 1 else scores[free[0]]
-        self.kth = torch.kthvalue(pool, k).values
-        self.less = {i: int((scores[i] < self.kth).sum()) for i in free}
+        self.kth = kth_smallest(pool, k)
+        self.below = {i: scores[i] < self.kth for i in free}
+        self.less = {i: int(torch.count_nonzero(self.below[i])) for i in free}
         ties = k - sum(self.less.values())  # units equal to the k-th value: earlier layers first
         for i in free:
-            take = min(int((scores[i] == self.kth).sum()), ties) if ties else 0
+            take = min(int(torch.count_nonzero(scores[i] == self.kth)), ties) if ties else 0
             ties -= take
             self.counts[i] = self.less[i] + take
 
@@ -163,7 +193,7 @@ class _Threshold:
         scores = self.scores[i]
         if self.kth is None:
             return torch.full_like(scores, self.counts.get(i, 0) > 0, dtype=torch.bool)
-        mask = scores < self.kth
+        mask = self.below[i]
         missing = self.counts[i] - self.less[i]
         if missing:
             mask[torch.nonzero(scores == self.kth).flatten()[:missing]] = True
