@@ -14,7 +14,7 @@ from pytorch_pruner import Pruning, dump_config, prune_
 from pytorch_pruner.checkpoint import save_checkpoint
 from pytorch_pruner.cli import main, plan_layers
 
-from .conftest import SEED_YAML, make_convnet, make_mlp
+from .conftest import SEED_YAML, make_bert, make_convnet, make_mlp
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -146,22 +146,31 @@ def test_layers_json_agrees_with_what_pruning_does(capsys: pytest.CaptureFixture
 
 
 def test_layers_with_a_transformers_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(
-        vocab_size=50,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=32,
-    )
-    config.save_pretrained(str(tmp_path / "bert"))
+    make_bert().config.save_pretrained(str(tmp_path / "bert"))  # no architectures entry: AutoModel
     code, out, err = _run(capsys, "layers", str(SEED_YAML), "--model", str(tmp_path / "bert"))
     assert code == 0, err
     assert "pruners[0]: snip_momentum, pattern 1x1 — selects 6 of 13 layers" in out  # AutoModel: no classifier
     assert "excluded by '.*query' (exclude_names)" in out
     assert "excluded by 'pooler' (not_to_prune_names)" in out
     assert "pruners[1]: snip_momentum, pattern 4x1 — selects 6 of 13 layers" in out
+
+
+def test_layers_set_reads_values_as_the_config_does(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    cfg = _write(tmp_path, {"prune_type": "magnitude"})
+    # YAML 1.1 would read 2:4 as the sexagesimal int 124; the config's loader keeps it a pattern
+    code, out, err = _run(
+        capsys,
+        "layers",
+        cfg,
+        "--model",
+        "tests.conftest:make_mlp",
+        "--set",
+        "pattern=2:4",
+        "--set",
+        "target_sparsity=0.5",
+    )
+    assert code == 0, err
+    assert "pruners[0]: magnitude, pattern 2:4 — selects 3 of 3 layers" in out
 
 
 def test_layers_model_errors(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -213,6 +222,9 @@ def test_report_json_and_plot(capsys: pytest.CaptureFixture[str], pruned: tuple,
     assert code == 0
     assert json.loads(out) == json.loads(json.dumps(expected))
     pytest.importorskip("matplotlib")
+    (tmp_path / "taken").write_text("a file, not a folder")
+    code, _, err = _run(capsys, "report", str(ckpt), "--plot", str(tmp_path / "taken" / "r.png"))
+    assert code == 1 and err.startswith("pytorch-pruner report: error: ")
     code, out, _ = _run(capsys, "report", str(ckpt), "--plot", str(tmp_path / "r.png"))
     assert code == 0 and f"wrote {tmp_path / 'r.png'}" in out
     assert (tmp_path / "r.png").read_bytes()[:4] == b"\x89PNG"
@@ -221,8 +233,6 @@ def test_report_json_and_plot(capsys: pytest.CaptureFixture[str], pruned: tuple,
 def test_report_of_a_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     pytest.importorskip("transformers")
     from pytorch_pruner.export import save_pretrained_sparse
-
-    from .conftest import make_bert
 
     model = make_bert()
     pruning = prune_(model, {"names": ["encoder"]}, pattern="4x1", target_sparsity=0.5)

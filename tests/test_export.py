@@ -163,6 +163,75 @@ def test_dense_tensors_and_shared_weights(tmp_path: Path) -> None:
     assert fresh.out.weight is fresh.emb.weight
 
 
+def test_pruned_tied_weight_is_stored_once(tmp_path: Path) -> None:
+    """A pruned Linear tied to an embedding: one sparse copy in the file, the tie restored on load."""
+    from safetensors import safe_open
+
+    class TiedHead(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(16, 8)
+            self.decoder = nn.Linear(8, 16, bias=False)
+            self.decoder.weight = self.emb.weight
+
+    torch.manual_seed(0)
+    model = TiedHead()
+    pruning = prune_(model, {"names": ["decoder"]}, pattern="1x1", target_sparsity=0.5)
+    path = save_sparse(tmp_path / "t.safetensors", model, pruning)
+    with safe_open(str(path), framework="pt") as f:
+        keys, meta = set(f.keys()), f.metadata()
+    # the emb key (listed first) holds the sparse copy; the decoder key is an alias, no dense copy
+    assert keys == {"emb.weight.__mask__", "emb.weight.__values__"}
+    assert json.loads(meta["aliases"]) == {"decoder.weight": "emb.weight"}
+    torch.manual_seed(1)
+    fresh = TiedHead()
+    info = load_sparse(path, fresh)
+    assert torch.equal(fresh.decoder.weight, model.decoder.weight) and fresh.decoder.weight is fresh.emb.weight
+    assert float((fresh.emb.weight == 0).float().mean()) == 0.5
+    assert torch.equal(info.masks["emb.weight"], pruning.masks()["decoder"])
+
+
+def test_sparse_file_of_a_compiled_model_loads_into_a_plain_one(tmp_path: Path) -> None:
+    model = make_mlp()
+    compiled = torch.compile(model, backend="eager")  # a wrapper: nothing is compiled until it is called
+    pruning = prune_(compiled, pattern="4x1", target_sparsity=0.5)
+    path = save_sparse(tmp_path / "m.safetensors", pruning.model, pruning)
+    plain = make_mlp()
+    load_sparse(path, plain)  # keys without `_orig_mod.`
+    assert all(torch.equal(v, plain.state_dict()[k]) for k, v in model.state_dict().items())
+    other = make_mlp()
+    load_sparse(path, torch.compile(other, backend="eager"))  # and back into a wrapped one
+    assert all(torch.equal(v, other.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_bf16_weights_round_trip(tmp_path: Path) -> None:
+    model = make_mlp().to(torch.bfloat16)
+    pruning = prune_(model, pattern="2:4", target_sparsity=0.5)
+    path = save_sparse(tmp_path / "m.safetensors", model, pruning)
+    fresh = make_mlp().to(torch.bfloat16)
+    load_sparse(path, fresh)
+    for key, value in model.state_dict().items():
+        assert fresh.state_dict()[key].dtype == torch.bfloat16 and torch.equal(value, fresh.state_dict()[key]), key
+
+
+def test_failed_save_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import safetensors.torch
+
+    model, pruning = _pruned(make_mlp, 0.5)
+    path = save_sparse(tmp_path / "m.safetensors", model, pruning)
+    good = path.read_bytes()
+
+    def crash(tensors: dict, filename: str, metadata: dict) -> None:
+        Path(filename).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_sparse(path, model, pruning)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.safetensors"]  # no temporary left
+
+
 def test_load_sparse_errors_change_nothing(tmp_path: Path) -> None:
     model, pruning = _pruned(make_mlp, 0.5)
     path = save_sparse(tmp_path / "m.safetensors", model, pruning)
@@ -198,7 +267,9 @@ def test_load_sparse_errors_change_nothing(tmp_path: Path) -> None:
 
 def test_save_sparse_with_a_pruning_of_another_model_is_refused(tmp_path: Path) -> None:
     _, pruning = _pruned(make_mlp, 0.5)
-    with pytest.raises(StateError, match=r"which the model has no weight for; pass pruning\.model"):
+    with pytest.raises(
+        StateError, match=r"prunes 'fc1', whose weight is not a tensor of the model given; pass .*pruning\.model"
+    ):
         save_sparse(tmp_path / "x.safetensors", nn.Sequential(nn.Linear(2, 2)), pruning)
 
 
@@ -220,11 +291,11 @@ def test_metadata_holds_config_ratios_and_patterns(tmp_path: Path) -> None:
 def test_save_and_load_pretrained_sparse(tmp_path: Path) -> None:
     transformers = pytest.importorskip("transformers")
     model = make_bert()
-    vocab_before = model.config.architectures
+    architectures_before = model.config.architectures
     pruning = prune_(model, {"names": ["encoder"]}, pattern="4x1", target_sparsity=0.8)
     folder = save_pretrained_sparse(model, tmp_path / "sparse-bert", pruning)
     assert sorted(p.name for p in folder.iterdir()) == ["config.json", SPARSE_FILE]
-    assert model.config.architectures == vocab_before  # the user's config is not mutated
+    assert model.config.architectures == architectures_before  # the user's config is not mutated
 
     loaded = load_pretrained_sparse(folder)
     assert isinstance(loaded, transformers.BertForSequenceClassification)
@@ -245,6 +316,10 @@ def test_pretrained_errors(tmp_path: Path) -> None:
     model, pruning = _pruned(make_mlp, 0.5)
     with pytest.raises(TypeError, match="has no transformers config to save; use save_sparse"):
         save_pretrained_sparse(model, tmp_path / "x", pruning)
+    # a pruning of another model: refused before config.json is written, so no half folder is left
+    with pytest.raises(StateError, match="whose weight is not a tensor of the model given"):
+        save_pretrained_sparse(make_bert(), tmp_path / "half", pruning)
+    assert not (tmp_path / "half" / "config.json").exists()
     (tmp_path / "empty").mkdir()
     with pytest.raises(StateError, match=r"has no config\.json; expected a folder written by save_pretrained_sparse"):
         load_pretrained_sparse(tmp_path / "empty")

@@ -66,6 +66,15 @@ def test_missing_framework_names_the_extra(monkeypatch: pytest.MonkeyPatch, modu
         importlib.import_module(f"pytorch_pruner.integrations.{module}")
 
 
+def test_transformers_without_optimizer_step_events_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    transformers = pytest.importorskip("transformers")
+    # as in a transformers release from before the Trainer called this event
+    monkeypatch.delattr(transformers.TrainerCallback, "on_pre_optimizer_step")
+    monkeypatch.delitem(sys.modules, "pytorch_pruner.integrations.transformers", raising=False)
+    with pytest.raises(ImportError, match=r"needs a Trainer that calls on_pre_optimizer_step .* pip install -U"):
+        importlib.import_module("pytorch_pruner.integrations.transformers")
+
+
 # -- transformers Trainer ---------------------------------------------------------------------
 
 
@@ -277,6 +286,30 @@ def test_trainer_resume_without_pruning_state_is_refused(hf: Any, tmp_path: Path
         trainer.train(resume_from_checkpoint=str(tmp_path / "step2"))
 
 
+def test_trainer_damaged_pruning_state_is_refused(hf: Any, tmp_path: Path) -> None:
+    from pytorch_pruner.integrations.transformers import STATE_FILE, PruningCallback
+
+    (tmp_path / STATE_FILE).write_bytes(b"\x00not a torch file")
+    callback = PruningCallback(_config(), resume_from=tmp_path)
+    args = hf.TrainingArguments(output_dir=str(tmp_path / "out"), report_to="none", use_cpu=True)
+    state = hf.TrainerState(global_step=4)  # as when the Trainer resumes at step 4
+    with pytest.raises(StateError, match=r"pruning_state.pt is not a readable pruning state.*resume_from="):
+        callback.on_train_begin(args, state, hf.TrainerControl(), model=make_mlp())
+    assert callback.pruning.step == 0
+
+
+def test_trainer_callback_reused_for_a_new_run_is_refused(hf: Any, tmp_path: Path) -> None:
+    from pytorch_pruner.integrations.transformers import PruningCallback
+
+    callback = PruningCallback(_config())
+    args = hf.TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    model = make_mlp()
+    callback.on_train_begin(args, hf.TrainerState(), hf.TrainerControl(), model=model)
+    callback.on_optimizer_step(args, hf.TrainerState(), hf.TrainerControl())  # one step of a first run
+    with pytest.raises(StateError, match=r"already pruned 1 optimizer steps.*give each training run a new"):
+        callback.on_train_begin(args, hf.TrainerState(), hf.TrainerControl(), model=model)
+
+
 def test_trainer_save_outside_a_checkpoint_folder_warns(hf: Any, tmp_path: Path) -> None:
     from pytorch_pruner.integrations.transformers import PruningCallback
 
@@ -408,3 +441,15 @@ def test_lightning_resume_without_pruning_state_is_refused(pl: Any, tmp_path: Pa
     trainer = _lit_trainer(pl, [PruningCallback(LIT_CONFIG)], max_steps=8)
     with pytest.raises(StateError, match=r"resumes at optimizer step 4.*holds no 'pytorch_pruner' state"):
         trainer.fit(_lit_module(pl), _loader(), ckpt_path=path)
+
+
+def test_lightning_callback_reused_for_a_new_run_is_refused(pl: Any) -> None:
+    from pytorch_pruner.integrations.lightning import PruningCallback
+
+    callback = PruningCallback(LIT_CONFIG)
+    trainer = _lit_trainer(pl, [callback], max_steps=2)
+    module = _lit_module(pl)
+    trainer.fit(module, _loader())
+    assert callback.pruning.step == 2
+    with pytest.raises(StateError, match=r"already pruned 2 optimizer steps.*give each training run a new"):
+        _lit_trainer(pl, [callback], max_steps=2).fit(module, _loader())

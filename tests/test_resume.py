@@ -230,7 +230,7 @@ def test_not_a_checkpoint_missing_file_and_other_format(tmp_path: Path) -> None:
     torch.save({"weights": torch.zeros(2)}, tmp_path / "plain.pt")
     with pytest.raises(StateError, match="not a pytorch-pruner checkpoint"):
         read_checkpoint(tmp_path / "plain.pt")
-    with pytest.raises(StateError, match="not found"):
+    with pytest.raises(StateError, match="not found; check the path"):
         read_checkpoint(tmp_path / "nope.pt")
     torch.save({"pytorch_pruner_checkpoint": CHECKPOINT_FORMAT + 1}, tmp_path / "future.pt")
     with pytest.raises(StateError, match=f"format {CHECKPOINT_FORMAT + 1}; this version reads format"):
@@ -261,7 +261,7 @@ def test_extras_that_are_not_plain_values_are_named(tmp_path: Path) -> None:
 
 
 def test_save_before_on_train_begin_is_refused(tmp_path: Path) -> None:
-    with pytest.raises(StateError, match="before on_train_begin"):
+    with pytest.raises(StateError, match="save_checkpoint called before on_train_begin"):
         save_checkpoint(tmp_path / "c.pt", make_mlp(), None, Pruning(_config("magnitude")))
     assert not (tmp_path / "c.pt").exists()
 
@@ -269,5 +269,52 @@ def test_save_before_on_train_begin_is_refused(tmp_path: Path) -> None:
 def test_load_before_on_train_begin_is_refused(saved: Path) -> None:
     model = make_mlp()
     pruning = Pruning(_config("snip_momentum"))
-    with pytest.raises(StateError, match="before on_train_begin"):
+    with pytest.raises(StateError, match="load_checkpoint called before on_train_begin"):
         load_checkpoint(saved, model, None, pruning)
+
+
+def test_checkpoint_of_a_compiled_model_resumes_a_plain_one(tmp_path: Path) -> None:
+    """Keys are saved as in the plain model, so a wrapped run and a plain one share checkpoints."""
+    model, optimizer, pruning = _setup("snip_momentum", init_seed=0)
+    _run(model, optimizer, pruning, range(7))
+    compiled = torch.compile(model, backend="eager")  # a wrapper whose keys start with `_orig_mod.`
+    path = save_checkpoint(tmp_path / "c.pt", compiled, optimizer, pruning)
+    assert set(read_checkpoint(path)["model"]) == set(model.state_dict())
+
+    plain, plain_optimizer, plain_pruning = _setup("snip_momentum", init_seed=1)
+    load_checkpoint(path, plain, plain_optimizer, plain_pruning)
+    _assert_same(_snapshot(plain, plain_pruning), _snapshot(model, pruning))
+    wrapped_model, wrapped_optimizer, wrapped_pruning = _setup("snip_momentum", init_seed=2)
+    load_checkpoint(path, torch.compile(wrapped_model, backend="eager"), wrapped_optimizer, wrapped_pruning)
+    _assert_same(_snapshot(wrapped_model, wrapped_pruning), _snapshot(model, pruning))
+
+
+def test_failed_save_keeps_the_previous_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    model, optimizer, pruning = _setup("magnitude", init_seed=0)
+    path = save_checkpoint(tmp_path / "c.pt", model, optimizer, pruning)
+    good = path.read_bytes()
+
+    def crash(obj: Any, f: Path) -> None:
+        Path(f).write_bytes(b"half a file")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, model, optimizer, pruning)
+    assert path.read_bytes() == good
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.pt"]  # no temporary left behind
+
+
+def test_a_model_other_than_the_pruned_one_is_refused(tmp_path: Path, saved: Path) -> None:
+    """The masks live on pruning.model: saving or loading another model object would split them."""
+    model, optimizer, pruning = _target_after_some_steps()
+    stranger = make_mlp()
+    with pytest.raises(StateError, match=r"not the one the Pruning was started on .* pass pruning\.model"):
+        save_checkpoint(tmp_path / "x.pt", stranger, optimizer, pruning)
+    assert not (tmp_path / "x.pt").exists()
+
+    def load() -> None:
+        with pytest.raises(StateError, match=r"not the one the Pruning was started on"):
+            load_checkpoint(saved, stranger, optimizer, pruning)
+
+    _assert_unchanged(model, optimizer, pruning, load)

@@ -57,6 +57,11 @@ def test_choose_layers_marks_what_fits() -> None:
     assert "dtype torch.float32 has no 2:4 kernel" in fp32["0"].reason
 
 
+def test_choose_layers_names_layers_as_in_the_plain_model() -> None:
+    compiled = torch.compile(_pruned(), backend="eager")
+    assert [d.name for d in choose_layers(compiled, names=["^0$", "^2$"])] == ["0", "2"]
+
+
 def test_choose_layers_checks_shape_multiples() -> None:
     model = nn.Sequential(nn.Linear(32, 48))  # 2:4 sparse, but 48 rows is not a multiple of 32
     prune_(model, {"pattern": "2:4", "target_sparsity": 0.5})
@@ -67,7 +72,7 @@ def test_choose_layers_checks_shape_multiples() -> None:
 def test_named_layers_must_be_2to4() -> None:
     with pytest.raises(PatternError, match=r"^4: .* not 2:4 sparse"):
         choose_layers(_pruned(), names=["^4$"])
-    with pytest.raises(ValueError, match=r"names \['nothing'\] match no Linear layer"):
+    with pytest.raises(ValueError, match=r"names \['nothing'\] match no Linear layer .* which are: \['0', '2', '4'\]"):
         choose_layers(_pruned(), names=["nothing"])
 
 
@@ -81,6 +86,16 @@ def test_select_faster_converts_only_faster_layers() -> None:
     assert [d.converted for d in chosen] == [True, False, False]
     assert chosen[0].speedup == 2.0 and chosen[0].reason == "speedup 2.00x >= 1.1x"
     assert chosen[1].reason == "speedup 0.80x < 1.1x" and chosen[2] == decisions[2]
+
+
+def test_layer_on_a_device_without_kernels_stays_dense() -> None:
+    from pytorch_pruner.speed.semi_structured import _on_supported_device
+
+    eligible = LayerDecision("0", (128, 64), True, "2:4 sparse")
+    decision = _on_supported_device(eligible, nn.Linear(64, 128))  # a CPU layer: no 2:4 kernels there
+    assert not decision.eligible and decision.reason.startswith("stays dense: ") and "CUDA" in decision.reason
+    ineligible = LayerDecision("4", (10, 64), False, "shape")
+    assert _on_supported_device(ineligible, nn.Linear(64, 10)) is ineligible
 
 
 @needs_no_gpu

@@ -196,7 +196,27 @@ def test_load_slimmed_errors(bert_config, tmp_path) -> None:
     config = json.loads((tmp_path / "config.json").read_text())
     config["slimmed_intermediate_sizes"] = [54]
     (tmp_path / "config.json").write_text(json.dumps(config))
-    with pytest.raises(SlimmingError, match="records sizes for 1 layers but BertModel has 2"):
+    with pytest.raises(SlimmingError, match=r"records sizes for \[1, 2\] layers but BertModel has 2"):
+        load_slimmed(transformers.BertModel, tmp_path)
+
+    # the weights saved, then config.json edited to other widths: caught, with the fix
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["slimmed_intermediate_sizes"] = [60, 60]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        SlimmingError, match=r"(?s)do not fit the sizes its config.json records .* same save_pretrained"
+    ):
+        load_slimmed(transformers.BertModel, tmp_path)
+    # a weight the file lacks (and that no tie restores) is named
+    config["slimmed_intermediate_sizes"] = [54, 64]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(tmp_path / "model.safetensors")
+    del weights["pooler.dense.bias"]
+    save_file(weights, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(SlimmingError, match=r"weights missing from the file: \['pooler.dense.bias'\]; save"):
         load_slimmed(transformers.BertModel, tmp_path)
 
 
@@ -266,6 +286,26 @@ def test_cnn_padded_consumer_keeps_constant_channels_unless_inexact() -> None:
     assert inexact[0].out_channels == 4
 
 
+def test_bf16_cnn_without_bias_folds_batch_norm_constants() -> None:
+    """A bias-free bf16 conv before batch norm: the constant is computed in bf16, and frozen layers stay frozen."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].bias.uniform_(0.5, 1)  # after ReLU each zero filter outputs a nonzero constant: folded
+        net[0].weight[:3] = 0
+    net = net.to(torch.bfloat16)
+    net[3].requires_grad_(False)
+    x = _images().to(torch.bfloat16)
+    with torch.no_grad():
+        before = net(x)
+    report = slim_sequential_(net, exact=False)
+    assert [(s.before, s.after) for s in report.slimmed] == [(8, 5)]
+    assert net[3].bias.dtype == torch.bfloat16 and not net[3].weight.requires_grad and not net[3].bias.requires_grad
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, atol=0.05, rtol=0.02)
+
+
 def test_flatten_linear_input_channels_removed() -> None:
     net = _cnn(padding=0)
     with torch.no_grad():
@@ -289,6 +329,20 @@ def test_mlp_slimmed_equal() -> None:
         before = net(x)
     slim_(net)
     assert (net[0].out_features, net[3].in_features, net[3].out_features, net[5].in_features) == (8, 8, 4, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(net(x), before, atol=1e-5, rtol=1e-5)
+
+
+def test_compiled_model_is_slimmed_through_the_wrapper() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    compiled = torch.compile(net, backend="eager")
+    _prune(compiled, {"names": ["^2$"], "pattern": "channelx1", "target_sparsity": 0.5})
+    x = torch.randn(4, 6)
+    with torch.no_grad():
+        before = net(x)
+    report = slim_(compiled)
+    assert [(s.name, s.before, s.after) for s in report.slimmed] == [("0", 16, 8)]
     with torch.no_grad():
         torch.testing.assert_close(net(x), before, atol=1e-5, rtol=1e-5)
 

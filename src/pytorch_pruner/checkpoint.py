@@ -16,7 +16,7 @@ interrupted save never destroys the previous checkpoint) and read with ``weights
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,11 +24,12 @@ import torch
 from torch import nn
 
 from .errors import StateError
+from .targets import unwrap_model
 
 if TYPE_CHECKING:
     from .pruning import Pruning
 
-__all__ = ["CHECKPOINT_FORMAT", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "check_model_state", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
 
 #: Version of the checkpoint layout written by :func:`save_checkpoint`.
 CHECKPOINT_FORMAT = 1
@@ -46,9 +47,12 @@ def save_checkpoint(
 
     The pruning report at this point is stored too, for ``pytorch-pruner report``.
 
+    The model's state is that of the module under ``torch.compile`` / DDP wrappers (the keys read
+    as in the plain model), so a checkpoint of a wrapped run loads into a plain model and back.
+
     Args:
         path: the file to write (parent folders are created).
-        model: the model being pruned.
+        model: the model being pruned (wrapped or not).
         optimizer: its optimizer, or ``None``.
         pruning: the started :class:`~pytorch_pruner.Pruning`.
         **extra: anything else to keep (plain Python values and tensors, so the file stays
@@ -58,11 +62,12 @@ def save_checkpoint(
         The path written.
 
     Raises:
-        StateError: ``pruning.on_train_begin`` was not called.
+        StateError: ``pruning.on_train_begin`` was not called, or *model* is not the model it prunes.
     """
+    _check_same_model(model, pruning, "save_checkpoint")
     payload = {
         _MARK: CHECKPOINT_FORMAT,
-        "model": model.state_dict(),
+        "model": unwrap_model(model).state_dict(),
         "optimizer": optimizer.state_dict() if optimizer is not None else None,
         "pruning": pruning.state_dict(),
         "report": pruning.report().to_dict(),
@@ -70,10 +75,35 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)  # atomic: a crash mid-save leaves the old checkpoint intact
+    _write_atomically(path, lambda tmp: torch.save(payload, tmp))
     return path
+
+
+def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write(tmp)`` on a temporary name next to *path*, then rename it to *path*.
+
+    A crash or an error mid-write leaves an earlier file at *path* intact and no temporary behind;
+    the temporary name holds the process id, so ranks of a distributed run that all save the same
+    path never write into one another's temporary (the last rename wins, whole).
+    """
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)  # atomic on one file system
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _check_same_model(model: nn.Module, pruning: Pruning, caller: str) -> None:
+    """Refuse a *model* other than the one *pruning* works on (its masks would miss the weights)."""
+    pruning._require_started(caller)
+    pruned = pruning.model
+    if pruned is not None and unwrap_model(pruned) is not unwrap_model(model):
+        raise StateError(
+            f"the model given ({type(model).__name__}) is not the one the Pruning was started on "
+            f"({type(pruned).__name__}), so its masks would not apply to it; pass pruning.model, or call "
+            "on_train_begin(model) on a new Pruning for this model"
+        )
 
 
 def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -85,7 +115,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """
     path = Path(path)
     if not path.is_file():
-        raise StateError(f"checkpoint {str(path)!r} not found")
+        raise StateError(f"checkpoint {str(path)!r} not found; check the path (a file written by save_checkpoint)")
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises RuntimeError, EOFError, UnpicklingError, ... on damage
@@ -112,25 +142,35 @@ def read_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     return dict(data)
 
 
-def _check_model(model: nn.Module, saved: Any, source: str) -> None:
+def check_model_state(model: nn.Module, saved: Any, source: str) -> None:
+    """Raise unless *saved* (a state dict) has exactly the keys and shapes of *model*'s.
+
+    Shared by the checkpoint and sparse-file loaders, so that a mismatch is caught before anything
+    is written into the model.
+
+    Raises:
+        StateError: *saved* is no state dict, or lists other keys or shapes; the message names up
+            to five of each.
+    """
     if not isinstance(saved, Mapping):
-        raise StateError(f"{source} holds no model state")
+        raise StateError(f"{source} holds no model state; it was not written by pytorch-pruner")
     own = model.state_dict()
-    problems = []
     missing = sorted(set(own) - set(saved))
     unexpected = sorted(set(saved) - set(own))
-    if missing:
-        problems.append(f"missing keys {missing[:5]}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected[:5]}")
-    for key, tensor in own.items():
-        value = saved.get(key)
-        if isinstance(value, torch.Tensor) and value.shape != tensor.shape:
-            problems.append(f"{key}: saved shape {tuple(value.shape)}, model {tuple(tensor.shape)}")
+    wrong = [
+        f"{key}: saved shape {tuple(value.shape)}, model {tuple(own[key].shape)}"
+        for key, value in saved.items()
+        if key in own and isinstance(value, torch.Tensor) and value.shape != own[key].shape
+    ]
+    problems = [
+        f"{what} {names[:5]}{' ...' if len(names) > 5 else ''}"
+        for what, names in (("missing keys", missing), ("unexpected keys", unexpected))
+        if names
+    ]
+    problems += wrong[:5]
     if problems:
         raise StateError(
-            f"{source} was saved from another model ({'; '.join(problems[:6])}); build the same "
-            "architecture before loading"
+            f"{source} was saved from another model ({'; '.join(problems)}); build the same architecture before loading"
         )
 
 
@@ -158,7 +198,7 @@ def load_checkpoint(
 
     Call after ``pruning.on_train_begin(model)`` with a Pruning built from the same config. All
     checks run before anything is written, so on error the model, optimizer and pruning are
-    unchanged.
+    unchanged. *model* may be wrapped (``torch.compile``, DDP) or not, whatever the saved run was.
 
     Args:
         path: the checkpoint file.
@@ -170,11 +210,14 @@ def load_checkpoint(
         The *extra* values given to :func:`save_checkpoint`.
 
     Raises:
-        StateError: unreadable file, another config, another model, or another optimizer layout.
+        StateError: unreadable file, another config, another model, or another optimizer layout;
+            or *model* is not the model *pruning* was started on.
     """
+    _check_same_model(model, pruning, "load_checkpoint")
     data = read_checkpoint(path)
     source = repr(str(path))
-    _check_model(model, data["model"], source)
+    plain = unwrap_model(model)
+    check_model_state(plain, data["model"], source)
     _check_optimizer(optimizer, data["optimizer"], source)
     # Pruning.load_state_dict validates everything before changing anything, so a mismatch
     # raised here leaves all three objects untouched; the loads after it cannot fail any more.
@@ -182,7 +225,7 @@ def load_checkpoint(
         pruning.load_state_dict(data["pruning"])
     except StateError as err:
         raise StateError(f"{source}: {err}") from None
-    model.load_state_dict(data["model"], strict=True)
+    plain.load_state_dict(data["model"], strict=True)
     if optimizer is not None:
         optimizer.load_state_dict(data["optimizer"])
     extra = data["extra"]

@@ -27,6 +27,7 @@ import yaml
 from torch import nn
 
 from .config import PruningConfig, load_config
+from .config.loading import _Loader
 from .config.schema import check_value, normalize_key
 from .errors import ConfigError, PruningError, StateError
 from .report import SparsityReport
@@ -79,8 +80,6 @@ def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     except ConfigError as error:
         errors = [str(error)]
         if path.is_file():
-            from .config.loading import _Loader
-
             try:
                 more = _key_errors(yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader))
             except yaml.YAMLError:
@@ -122,16 +121,9 @@ def load_model(spec: str) -> nn.Module:
     if folder.is_dir():
         if not (folder / "config.json").is_file():
             raise _UsageError(f"--model {spec!r}: the folder has no config.json; expected a transformers model folder")
-        try:
-            import transformers
-        except ImportError:
-            raise PruningError(
-                "--model with a folder needs transformers: pip install 'pytorch-pruner[transformers]'"
-            ) from None
-        config = transformers.AutoConfig.from_pretrained(str(folder))
-        archs = getattr(config, "architectures", None) or []
-        cls = getattr(transformers, archs[0], None) if archs else None
-        return cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+        from .export import build_transformers_model
+
+        return build_transformers_model(folder)
     module_name, sep, func_name = spec.partition(":")
     if not sep or not module_name or not func_name.isidentifier():
         raise _UsageError(f"--model {spec!r} is neither a folder with config.json nor 'package.module:function'")
@@ -274,12 +266,13 @@ def _config_with_sets(args: argparse.Namespace) -> PruningConfig:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise _UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set start_step=100")
-        items[key.strip()] = yaml.safe_load(value)
+        # the config's own YAML rules: with plain safe_load (YAML 1.1) `2:4` would be the int 124
+        items[key.strip()] = yaml.load(value, Loader=_Loader)
     return config.with_pruner_items(**items) if items else config
 
 
 def _schedule(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from .plots import schedule_points, schedules
+    from .plots import schedule_points
 
     config = _config_with_sets(args)
     points = schedule_points(config, args.steps)
@@ -288,7 +281,8 @@ def _schedule(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         data = [{"pruner": i, "steps": [{"step": st, "target": v} for st, v in pts]} for i, pts in enumerate(points)]
         print(json.dumps(data, indent=2), file=out)
     else:
-        for s, sched, pts in zip(settings, schedules(config), points, strict=True):
+        for s, pts in zip(settings, points, strict=True):
+            sched = s.schedule()
             kind = (
                 "one-shot" if sched.one_shot else (f"every {s.update_frequency_on_step} steps, {s.sparsity_decay_type}")
             )
@@ -372,7 +366,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _UsageError as error:
         print(f"pytorch-pruner {args.command}: error: {error}", file=sys.stderr)
         return _USAGE
-    except (PruningError, ImportError) as error:
+    except (PruningError, ImportError, OSError) as error:  # OSError: e.g. a --plot path not writable
         print(f"pytorch-pruner {args.command}: error: {error}", file=sys.stderr)
         return _BAD_INPUT
 

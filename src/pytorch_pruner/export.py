@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,7 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from .checkpoint import _write_atomically, check_model_state
 from .errors import StateError
+from .targets import unwrap_model
 
 if TYPE_CHECKING:
     from .pruning import Pruning
@@ -38,6 +39,7 @@ __all__ = [
     "SPARSE_FILE",
     "SPARSE_FORMAT",
     "SparseFile",
+    "build_transformers_model",
     "load_pretrained_sparse",
     "load_sparse",
     "pack_bits",
@@ -147,10 +149,6 @@ def _safetensors() -> Any:
     return safetensors
 
 
-def _weight_key(layer_name: str) -> str:
-    return f"{layer_name}.weight" if layer_name else "weight"
-
-
 @dataclass(frozen=True)
 class SparseFile:
     """What a sparse file holds, besides the tensors.
@@ -160,14 +158,12 @@ class SparseFile:
         config: the pruning config (YAML text, seed layout).
         report: the per-layer sparsity report at save time.
         masks: keep-masks (bool, weight shape) of the pruned weights, by state_dict key.
-        dense_bytes: bytes the tensors would take stored dense.
     """
 
     path: Path
     config: str
     report: SparsityReport
     masks: dict[str, torch.Tensor]
-    dense_bytes: int
 
 
 def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning) -> Path:
@@ -192,28 +188,42 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
 
     st = _safetensors()
     masks = pruning.masks()
-    state = model.state_dict()
+    # Keys as in the plain model (no `_orig_mod.` / `module.`), so the file loads into an unwrapped
+    # model; parameters themselves (keep_vars) so that a pruned weight is found by identity.
+    state = unwrap_model(model).state_dict(keep_vars=True)
+    keys_of: dict[int, list[str]] = {}
+    for key, value in state.items():
+        keys_of.setdefault(id(value), []).append(key)
     tensors: dict[str, torch.Tensor] = {}
     sparse: dict[str, dict[str, Any]] = {}
-    for name, mask in masks.items():
-        key = _weight_key(name)
-        if key not in state:
-            raise StateError(f"the pruning prunes {name!r}, which the model has no weight for; pass pruning.model")
-        weight = state[key].detach()
-        mask_cpu = mask.to("cpu")
-        tensors[key + _MASK] = pack_bits(mask_cpu)
-        tensors[key + _VALUES] = weight.to("cpu")[mask_cpu].contiguous()
-        sparse[key] = {"shape": list(weight.shape)}
     aliases: dict[str, str] = {}
+    # tensors shared by several keys (tied weights) are stored once: safetensors refuses shared memory
     seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
+
+    def ident(t: torch.Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
+
+    for pruner in pruning.pruners:
+        for layer in pruner.layers:
+            keys = keys_of.get(id(layer.target.weight))
+            if not keys:
+                raise StateError(
+                    f"the pruning prunes {layer.name!r}, whose weight is not a tensor of the model given; "
+                    "pass the model the Pruning was started on (pruning.model)"
+                )
+            key = keys[0]  # the first key; the others (a tie, e.g. to embeddings) become aliases below
+            weight, mask = state[key].detach().to("cpu"), masks[layer.name].to("cpu")
+            tensors[key + _MASK] = pack_bits(mask)
+            tensors[key + _VALUES] = weight[mask].contiguous()
+            sparse[key] = {"shape": list(weight.shape)}
+            seen[ident(state[key])] = key
     for key, value in state.items():
         if key in sparse:
             continue
-        ident = (value.data_ptr(), tuple(value.shape), tuple(value.stride()))
-        if value.numel() and ident in seen:  # tied weights: safetensors refuses shared memory
-            aliases[key] = seen[ident]
+        if value.numel() and ident(value) in seen:
+            aliases[key] = seen[ident(value)]
             continue
-        seen[ident] = key
+        seen[ident(value)] = key
         tensors[key] = value.detach().to("cpu").contiguous().clone()
     report = pruning.report()
     metadata = {
@@ -226,7 +236,7 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    st.torch.save_file(tensors, str(path), metadata=metadata)
+    _write_atomically(path, lambda tmp: st.torch.save_file(tensors, str(tmp), metadata=metadata))
     return path
 
 
@@ -241,7 +251,7 @@ def read_sparse(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
     st = _safetensors()
     path = Path(path)
     if not path.is_file():
-        raise StateError(f"sparse model file {str(path)!r} not found")
+        raise StateError(f"sparse model file {str(path)!r} not found; check the path (a file written by save_sparse)")
     try:
         with st.safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
@@ -257,13 +267,8 @@ def read_sparse(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
         sparse = json.loads(meta["sparse"])
         aliases = json.loads(meta["aliases"])
         report = SparsityReport.from_dict(json.loads(meta["report"]))
-        state: dict[str, torch.Tensor] = {}
+        state = {key: value for key, value in raw.items() if not key.endswith((_MASK, _VALUES))}
         masks: dict[str, torch.Tensor] = {}
-        dense_bytes = 0
-        for key, value in raw.items():
-            if not key.endswith((_MASK, _VALUES)):
-                state[key] = value
-                dense_bytes += value.numel() * value.element_size()
         for key, info in sparse.items():
             shape = tuple(info["shape"])
             mask = unpack_bits(raw[key + _MASK], shape)
@@ -271,40 +276,18 @@ def read_sparse(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
             dense = torch.zeros(shape, dtype=values.dtype)
             dense[mask] = values
             state[key], masks[key] = dense, mask
-            dense_bytes += dense.numel() * dense.element_size()
         for key, source in aliases.items():
             state[key] = state[source]
     except (KeyError, ValueError, TypeError, RuntimeError) as err:
         raise StateError(f"{str(path)!r} is a damaged sparse file: {type(err).__name__}: {err}") from None
-    return state, SparseFile(path, meta["config"], report, masks, dense_bytes)
-
-
-def _check_fits(model: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    extra = sorted(set(state) - set(own))
-    wrong = [
-        f"{k}: saved {tuple(state[k].shape)}, model {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or extra or wrong:
-        parts = []
-        if missing:
-            parts.append(f"missing keys {missing[:5]}{' ...' if len(missing) > 5 else ''}")
-        if extra:
-            parts.append(f"unexpected keys {extra[:5]}{' ...' if len(extra) > 5 else ''}")
-        if wrong:
-            parts.append(f"shape mismatches {wrong[:5]}{' ...' if len(wrong) > 5 else ''}")
-        raise StateError(
-            f"{source} was saved from another model ({'; '.join(parts)}); build the same architecture first"
-        )
+    return state, SparseFile(path, meta["config"], report, masks)
 
 
 def load_sparse(path: str | os.PathLike[str], model: nn.Module) -> SparseFile:
     """Load a file written by :func:`save_sparse` into *model* (same architecture).
 
-    Nothing in *model* changes unless the whole file fits it.
+    Nothing in *model* changes unless the whole file fits it. *model* may be wrapped
+    (``torch.compile``, DDP): the file holds the plain model's keys.
 
     Returns:
         The :class:`SparseFile` description (masks, config, report).
@@ -313,16 +296,21 @@ def load_sparse(path: str | os.PathLike[str], model: nn.Module) -> SparseFile:
         StateError: the file is missing, damaged, not a sparse file, or from another model.
     """
     state, info = read_sparse(path)
-    _check_fits(model, state, repr(str(path)))
-    model.load_state_dict(state, strict=True)
+    plain = unwrap_model(model)
+    check_model_state(plain, state, repr(str(path)))
+    plain.load_state_dict(state, strict=True)
     return info
 
 
 def save_pretrained_sparse(model: nn.Module, folder: str | os.PathLike[str], pruning: Pruning) -> Path:
     """Write a transformers model to *folder*: ``config.json`` and a sparse ``model.sparse.safetensors``.
 
+    The weights are written first, so a failure leaves no ``config.json`` that would pass the
+    folder off as complete.
+
     Args:
-        model: a transformers ``PreTrainedModel`` (anything with ``.config.save_pretrained``).
+        model: a transformers ``PreTrainedModel`` (anything with ``.config.save_pretrained``),
+            wrapped or not.
         folder: created if missing.
         pruning: the :class:`~pytorch_pruner.Pruning` that pruned *model*.
 
@@ -331,43 +319,56 @@ def save_pretrained_sparse(model: nn.Module, folder: str | os.PathLike[str], pru
 
     Raises:
         TypeError: *model* has no transformers config.
+        StateError: *pruning* was not started, or prunes layers *model* does not have.
     """
-    config = getattr(model, "config", None)
+    plain = unwrap_model(model)
+    config = getattr(plain, "config", None)
     if config is None or not hasattr(config, "save_pretrained"):
         raise TypeError(
-            f"{type(model).__name__} has no transformers config to save; use save_sparse(path, model, pruning)"
+            f"{type(plain).__name__} has no transformers config to save; use save_sparse(path, model, pruning)"
         )
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    save_sparse(folder / SPARSE_FILE, plain, pruning)
     config = copy.deepcopy(config)  # never mutate the user's config
-    config.architectures = [type(model).__name__]
+    config.architectures = [type(plain).__name__]
     config.save_pretrained(str(folder))
-    save_sparse(folder / SPARSE_FILE, model, pruning)
     return folder
 
 
-def load_pretrained_sparse(folder: str | os.PathLike[str], model_class: Any = None) -> nn.Module:
-    """Rebuild a transformers model saved by :func:`save_pretrained_sparse`.
+def build_transformers_model(folder: str | os.PathLike[str], model_class: Any = None) -> nn.Module:
+    """A transformers model built, with random weights, from the ``config.json`` in *folder*.
 
-    The architecture comes from ``config.json`` (its ``architectures`` entry, else ``AutoModel``)
-    unless *model_class* is given; the weights, sparsity included, from the sparse file.
+    The class is *model_class* when given, else the config's first ``architectures`` entry, else
+    ``AutoModel``. Nothing is downloaded.
 
     Raises:
-        StateError: the folder lacks ``config.json`` or the sparse file, or they do not fit.
         ImportError: transformers is not installed.
     """
     try:
         import transformers
     except ImportError:
-        raise ImportError(f"loading a transformers model needs transformers; {_INSTALL}") from None
-    folder = Path(folder)
-    for needed in ("config.json", SPARSE_FILE):
-        if not (folder / needed).is_file():
-            raise StateError(f"{str(folder)!r} has no {needed}; expected a folder written by save_pretrained_sparse")
+        raise ImportError(f"building a transformers model needs transformers; {_INSTALL}") from None
     config = transformers.AutoConfig.from_pretrained(str(folder))
     if model_class is None:
         archs = getattr(config, "architectures", None) or []
         model_class = getattr(transformers, archs[0], None) if archs else None
-    model = model_class(config) if model_class is not None else transformers.AutoModel.from_config(config)
+    return model_class(config) if model_class is not None else transformers.AutoModel.from_config(config)
+
+
+def load_pretrained_sparse(folder: str | os.PathLike[str], model_class: Any = None) -> nn.Module:
+    """Rebuild a transformers model saved by :func:`save_pretrained_sparse`.
+
+    The architecture comes from ``config.json`` (see :func:`build_transformers_model`); the
+    weights, sparsity included, from the sparse file.
+
+    Raises:
+        StateError: the folder lacks ``config.json`` or the sparse file, or they do not fit.
+        ImportError: transformers is not installed.
+    """
+    folder = Path(folder)
+    for needed in ("config.json", SPARSE_FILE):
+        if not (folder / needed).is_file():
+            raise StateError(f"{str(folder)!r} has no {needed}; expected a folder written by save_pretrained_sparse")
+    model = build_transformers_model(folder, model_class)
     load_sparse(folder / SPARSE_FILE, model)
     return model

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import PruningConfig, load_config
+from .config import load_config
 from .schedules import Schedule
 
 if TYPE_CHECKING:
@@ -42,17 +42,7 @@ def _save(fig: Any, path: str | os.PathLike[str]) -> Path:
 
 def schedules(config: Any) -> list[Schedule]:
     """The :class:`~pytorch_pruner.schedules.Schedule` of each pruner of *config* (path, dict, config)."""
-    resolved = load_config(config).resolved()
-    return [
-        Schedule(
-            start_step=s.start_step,
-            end_step=s.end_step,
-            frequency=s.update_frequency_on_step,
-            final_sparsity=s.final_sparsity,
-            decay=s.decay,
-        )
-        for s in resolved
-    ]
+    return [s.schedule() for s in load_config(config).resolved()]
 
 
 def schedule_points(config: Any, steps: int | None = None) -> list[list[tuple[int, float]]]:
@@ -89,9 +79,8 @@ def plot_schedule(config: Any, path: str | os.PathLike[str], steps: int | None =
     Raises:
         ImportError: matplotlib is not installed.
     """
-    cfg: PruningConfig = load_config(config)
-    resolved = cfg.resolved()
-    scheds = schedules(cfg)
+    resolved = load_config(config).resolved()
+    scheds = [s.schedule() for s in resolved]
     last = max(s.last_step for s in scheds)
     end = steps if steps is not None else max(last + max(2, last // 10), 2)
     fig = _figure(8, 4.5)

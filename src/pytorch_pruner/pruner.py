@@ -13,7 +13,6 @@ import torch
 
 from .config import PrunerSettings
 from .criteria import ScoreSlot
-from .schedules import Schedule
 from .selection import LayerUnits, select
 from .targets import Target
 
@@ -63,13 +62,7 @@ class Pruner:
             shape = self.pattern.score_shape(*target.shape2d)
             keep = torch.ones(shape, dtype=torch.bool, device=target.weight.device)
             self.layers.append(MaskedLayer(target, keep))
-        self.schedule = Schedule(
-            start_step=settings.start_step,
-            end_step=settings.end_step,
-            frequency=settings.update_frequency_on_step,
-            final_sparsity=settings.final_sparsity,
-            decay=settings.decay,
-        )
+        self.schedule = settings.schedule()
         slots = [
             ScoreSlot(
                 weight=layer.target.weight,

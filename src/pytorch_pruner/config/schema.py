@@ -19,7 +19,7 @@ from ..criteria import CRITERIA, Criterion
 from ..errors import ConfigError
 from ..patterns import Pattern, parse_pattern
 from ..registry import closest
-from ..schedules import DECAYS, Decay
+from ..schedules import DECAYS, Decay, Schedule
 from ..targets import LAYER_KINDS
 
 __all__ = ["ALIASES", "DEFAULTS", "PrunerConfig", "PrunerSettings", "PruningConfig", "normalize_key"]
@@ -301,3 +301,13 @@ class PrunerSettings:
     def final_sparsity(self) -> float:
         """S: the target, never above the per-layer cap."""
         return min(self.target_sparsity, self.max_sparsity_ratio_per_layer)
+
+    def schedule(self) -> Schedule:
+        """The :class:`~pytorch_pruner.schedules.Schedule` these settings describe."""
+        return Schedule(
+            start_step=self.start_step,
+            end_step=self.end_step,
+            frequency=self.update_frequency_on_step,
+            final_sparsity=self.final_sparsity,
+            decay=self.decay,
+        )

@@ -16,9 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import PruningConfig
+from ..errors import StateError
 from ..pruning import Pruning
 
-__all__ = ["ConfigOrPruning", "as_pruning", "missing_extra"]
+__all__ = ["ConfigOrPruning", "as_pruning", "missing_extra", "reused_error"]
 
 #: What a callback accepts: anything :class:`Pruning` takes, or a ready :class:`Pruning`.
 ConfigOrPruning = str | os.PathLike[str] | Mapping[str, Any] | PruningConfig | Pruning
@@ -56,4 +57,16 @@ def missing_extra(what: str, extra: str, err: ImportError) -> ImportError:
     return ImportError(
         f"pytorch_pruner.integrations.{extra} needs {what}, which could not be imported ({err}); "
         f"install it with: pip install 'pytorch-pruner[{extra}]'"
+    )
+
+
+def reused_error(pruning: Pruning) -> StateError:
+    """The error a callback raises when a new run (step 0) starts with a *pruning* that already ran.
+
+    Its masks, scores and step count belong to the earlier run; reusing them would prune the new
+    one on the old schedule.
+    """
+    return StateError(
+        f"this PruningCallback already pruned {pruning.step} optimizer steps of an earlier run, but "
+        "training starts from step 0; give each training run a new PruningCallback"
     )

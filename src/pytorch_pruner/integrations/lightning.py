@@ -37,13 +37,13 @@ from typing import Any
 import torch
 
 from ..errors import StateError
-from . import ConfigOrPruning, as_pruning, missing_extra
+from . import ConfigOrPruning, as_pruning, missing_extra, reused_error
 
 try:
     import lightning.pytorch as pl
 except ImportError as err:  # the optional extra is not installed; try the older package name
     try:
-        import pytorch_lightning as pl
+        import pytorch_lightning as pl  # type: ignore[no-redef]
     except ImportError:
         raise missing_extra("lightning", "lightning", err) from err
 
@@ -83,18 +83,22 @@ class PruningCallback(pl.Callback):
 
         Raises:
             StateError: training resumes at a step the pruning state does not know (a checkpoint
-                saved without this callback), or the saved state does not fit.
+                saved without this callback), the saved state does not fit, or the callback is
+                reused for a new run.
         """
         self.pruning.on_train_begin(pl_module)
         if self._pending is not None:
             pending, self._pending = self._pending, None
             self.pruning.load_state_dict(pending)
-        if self.pruning.step != trainer.global_step:
-            raise StateError(
-                f"training resumes at optimizer step {trainer.global_step}, but the pruning state is at step "
-                f"{self.pruning.step}: the checkpoint holds no '{CHECKPOINT_KEY}' state; resume from a "
-                "checkpoint saved with PruningCallback in the callbacks"
-            )
+        if self.pruning.step == trainer.global_step:
+            return
+        if trainer.global_step == 0:
+            raise reused_error(self.pruning)
+        raise StateError(
+            f"training resumes at optimizer step {trainer.global_step}, but the pruning state is at step "
+            f"{self.pruning.step}: the checkpoint holds no '{CHECKPOINT_KEY}' state; resume from a "
+            "checkpoint saved with PruningCallback in the callbacks"
+        )
 
     def on_train_batch_start(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int

@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import StateError
-from . import ConfigOrPruning, as_pruning, missing_extra
+from . import ConfigOrPruning, as_pruning, missing_extra, reused_error
 
 try:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
@@ -43,10 +43,27 @@ try:
 except ImportError as err:  # the optional extra is not installed
     raise missing_extra("transformers", "transformers", err) from err
 
+_EVENTS = ("on_pre_optimizer_step", "on_optimizer_step")
+if not all(hasattr(TrainerCallback, event) for event in _EVENTS):
+    # Older Trainers never call these events: the callback would silently count no steps and score
+    # no gradients, so refuse to load rather than prune wrong.
+    import transformers as _transformers
+
+    raise ImportError(
+        f"pytorch_pruner.integrations.transformers needs a Trainer that calls {' and '.join(_EVENTS)} "
+        f"around each optimizer step; transformers {_transformers.__version__} does not; upgrade it with: "
+        "pip install -U transformers"
+    )
+
 __all__ = ["STATE_FILE", "PruningCallback"]
 
 #: File written into every Trainer checkpoint folder: :meth:`Pruning.state_dict` saved with torch.save.
 STATE_FILE = "pruning_state.pt"
+
+
+def _checkpoint_folder(args: TrainingArguments, state: TrainerState) -> Path:
+    """``<output_dir>/checkpoint-<global_step>``: where the Trainer saves (and resumes) this step."""
+    return Path(str(args.output_dir)) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
 
 
 class PruningCallback(TrainerCallback):
@@ -94,14 +111,18 @@ class PruningCallback(TrainerCallback):
         """Build the masks for the Trainer's model; when resuming, restore the saved pruning state.
 
         Raises:
-            StateError: no model was passed, or the Trainer resumes from a checkpoint without a
-                readable pruning state or with one of another step.
+            StateError: no model was passed; the Trainer resumes from a checkpoint without a
+                readable pruning state or with one of another step; or the callback is reused for
+                a new run.
         """
         if model is None:
             raise StateError("the Trainer passed no model to on_train_begin; PruningCallback needs Trainer(model=...)")
         self.pruning.on_train_begin(model)
-        if state.global_step > 0 and self.pruning.step != state.global_step:
-            self._resume(args, state)
+        if self.pruning.step == state.global_step:
+            return
+        if state.global_step == 0:
+            raise reused_error(self.pruning)
+        self._resume(args, state)
 
     def on_step_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
@@ -135,7 +156,7 @@ class PruningCallback(TrainerCallback):
         """
         if not args.should_save or not self.pruning.pruners:  # pruners exist once training began
             return
-        folder = Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}"
+        folder = _checkpoint_folder(args, state)
         if not folder.is_dir():
             # e.g. a hyper-parameter search writes under a run folder the callback is not told about;
             # training can go on, only resuming needs the file
@@ -153,7 +174,7 @@ class PruningCallback(TrainerCallback):
             places.append(self.resume_from)
         elif isinstance(args.resume_from_checkpoint, str):
             places.append(args.resume_from_checkpoint)
-        places.append(Path(args.output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{state.global_step}")
+        places.append(_checkpoint_folder(args, state))
         return [Path(p) if Path(p).suffix == ".pt" else Path(p) / STATE_FILE for p in places]
 
     def _resume(self, args: TrainingArguments, state: TrainerState) -> None:
@@ -165,7 +186,13 @@ class PruningCallback(TrainerCallback):
                 f"(looked for {[str(p) for p in candidates]}); resume from a checkpoint saved with "
                 f"PruningCallback, or pass PruningCallback(..., resume_from='<checkpoint folder or {STATE_FILE}>')"
             )
-        saved = torch.load(found, map_location="cpu", weights_only=True)
+        try:
+            saved = torch.load(found, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch.load raises RuntimeError, EOFError, UnpicklingError, ... on damage
+            raise StateError(
+                f"{found} is not a readable pruning state (truncated or corrupt: {type(err).__name__}); resume "
+                "from another checkpoint, or pass PruningCallback(..., resume_from=...) a good one"
+            ) from None
         saved_step = saved.get("step") if isinstance(saved, dict) else None
         if saved_step != state.global_step:
             raise StateError(

@@ -45,8 +45,11 @@ def _has_linear(module: nn.Module, path: str) -> bool:
     return isinstance(module, nn.Linear)
 
 
-def find_bert_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """The BERT-style layers of *model* as ``(qualified name, module)``, in module order."""
+def find_bert_layers(model: nn.Module) -> list[tuple[str, Any]]:
+    """The BERT-style layers of *model* as ``(qualified name, module)``, in module order.
+
+    The modules are duck-typed transformers layers (any class with the attributes above), hence ``Any``.
+    """
     parts = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
              "intermediate.dense", "output.dense")  # fmt: skip
     return [
@@ -57,7 +60,7 @@ def find_bert_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 @torch.no_grad()
-def _slim_heads(name: str, layer: nn.Module, report: SlimReport) -> int:
+def _slim_heads(name: str, layer: Any, report: SlimReport) -> int:
     attn, out = layer.attention.self, layer.attention.output.dense
     d, heads = int(attn.attention_head_size), int(attn.num_attention_heads)
     if out.in_features != heads * d:
@@ -83,7 +86,7 @@ def _slim_heads(name: str, layer: nn.Module, report: SlimReport) -> int:
 
 
 @torch.no_grad()
-def _ffn_keep(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+def _ffn_keep(layer: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(units that must stay, units whose constant output must be folded if removed)."""
     inner, outer = layer.intermediate.dense, layer.output.dense
     ignored = outer.weight.eq(0).all(dim=0)
@@ -92,7 +95,7 @@ def _ffn_keep(layer: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def _slim_ffn(name: str, layer: nn.Module, keep: torch.Tensor, constant: torch.Tensor, report: SlimReport) -> None:
+def _slim_ffn(name: str, layer: Any, keep: torch.Tensor, constant: torch.Tensor, report: SlimReport) -> None:
     inner, outer = layer.intermediate.dense, layer.output.dense
     if bool(keep.all()):
         return
@@ -100,7 +103,7 @@ def _slim_ffn(name: str, layer: nn.Module, keep: torch.Tensor, constant: torch.T
     fold = constant & ~keep
     if bool(fold.any()):
         act = layer.intermediate.intermediate_act_fn
-        pre = inner.bias[fold] if inner.bias is not None else torch.zeros(int(fold.sum()), dtype=inner.weight.dtype)
+        pre = inner.bias[fold] if inner.bias is not None else inner.weight.new_zeros(int(fold.sum()))
         shift = outer.weight[:, fold] @ act(pre)
         bias = shift if bias is None else bias + shift
     layer.intermediate.dense = new_linear(inner, inner.weight[keep], None if inner.bias is None else inner.bias[keep])
@@ -156,7 +159,7 @@ def slim_bert_(model: nn.Module, *, uniform_ffn: bool = False) -> SlimReport:
     return report
 
 
-def _resize_layer(layer: nn.Module, heads: int, ffn: int) -> None:
+def _resize_layer(layer: Any, heads: int, ffn: int) -> None:
     """Give *layer* the shapes of a slimmed layer (the values are overwritten when loading)."""
     attn = layer.attention.self
     d = int(attn.attention_head_size)
@@ -210,12 +213,13 @@ def load_slimmed(model_class: Any, path: str | os.PathLike[str], **config_kwargs
     widest = int(config.intermediate_size)  # slim_bert_ set it to the widest layer
     model = model_class(config)
     layers = find_bert_layers(model)
-    if ffn is not None or heads is not None:
-        if len(layers) != len(ffn or heads):
-            raise SlimmingError(
-                f"{path}: the config records sizes for {len(ffn or heads)} layers but {model_class.__name__} "
-                f"has {len(layers)} BERT-style layers; load it with the class it was saved from"
-            )
+    recorded = [sizes for sizes in (ffn, heads) if sizes is not None]
+    if any(len(sizes) != len(layers) for sizes in recorded):
+        raise SlimmingError(
+            f"{path}: the config records sizes for {[len(sizes) for sizes in recorded]} layers but "
+            f"{model_class.__name__} has {len(layers)} BERT-style layers; load it with the class it was saved from"
+        )
+    if recorded:
         for i, (_, layer) in enumerate(layers):
             n_heads = heads[i] if heads is not None else int(layer.attention.self.num_attention_heads)
             _resize_layer(layer, n_heads, ffn[i] if ffn is not None else widest)
@@ -223,7 +227,10 @@ def load_slimmed(model_class: Any, path: str | os.PathLike[str], **config_kwargs
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as err:
-        raise SlimmingError(f"{path}: the saved weights do not fit the recorded sizes: {err}") from None
+        raise SlimmingError(
+            f"{path}: the saved weights do not fit the sizes its config.json records ({err}); config.json and "
+            "the weights must come from the same save_pretrained of the slimmed model"
+        ) from None
     if result.unexpected_keys:
         raise SlimmingError(f"{path}: unexpected weights {result.unexpected_keys}; is {model_class.__name__} right?")
     model.tie_weights()
@@ -232,5 +239,7 @@ def load_slimmed(model_class: Any, path: str | os.PathLike[str], **config_kwargs
     loaded = {params[k].data_ptr() for k in state if k in params}
     missing = [k for k in result.missing_keys if params[k].data_ptr() not in loaded]
     if missing:
-        raise SlimmingError(f"{path}: weights missing from the file: {missing}")
+        raise SlimmingError(
+            f"{path}: weights missing from the file: {missing}; save the slimmed model again with save_pretrained"
+        )
     return model.eval()

@@ -18,12 +18,14 @@ import statistics
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import PatternError
+from ..targets import unwrap_model
 
 __all__ = [
     "LayerDecision",
@@ -147,6 +149,7 @@ def choose_layers(
         PatternError: a layer matched by *names* is not 2:4 sparse.
         ValueError: *names* match no Linear layer.
     """
+    model = unwrap_model(model)  # layer names as in the plain model, as Pruning names them
     patterns = [re.compile(p) for p in names] if names is not None else None
     decisions = []
     for name, module in model.named_modules():
@@ -174,7 +177,11 @@ def choose_layers(
             continue
         decisions.append(LayerDecision(name, shape, True, "2:4 sparse"))
     if patterns is not None and not decisions:
-        raise ValueError(f"names {list(names or ())} match no Linear layer of {type(model).__name__}")
+        linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(
+            f"names {list(names or ())} match no Linear layer of {type(model).__name__}; they are regexes "
+            f"searched in the layer names, which are: {linear}"
+        )
     return decisions
 
 
@@ -219,6 +226,14 @@ def time_linear(module: nn.Linear, tokens: int, repeats: int = 20) -> tuple[floa
         return median_ms(weight), median_ms(sparse)
 
 
+def _on_supported_device(decision: LayerDecision, module: nn.Module) -> LayerDecision:
+    """*decision*, made ineligible if *module*'s weight is on a device without 2:4 kernels."""
+    if not decision.eligible:
+        return decision
+    why_not = semi_structured_support(cast(torch.Tensor, module.weight).device)
+    return decision if why_not is None else replace(decision, eligible=False, reason=f"stays dense: {why_not}")
+
+
 def to_semi_structured_(
     model: nn.Module,
     *,
@@ -248,6 +263,7 @@ def to_semi_structured_(
     Warns:
         UserWarning: no GPU with 2:4 kernels; the model is returned unchanged.
     """
+    model = unwrap_model(model)
     decisions = choose_layers(model, names=names)
     param = next(model.parameters(), None)
     why_not = semi_structured_support(param.device if param is not None else None)
@@ -255,6 +271,8 @@ def to_semi_structured_(
         warnings.warn(f"to_semi_structured_: {why_not}; the model is left unchanged", stacklevel=2)
         return SemiStructuredReport([replace(d, reason=f"{d.reason}; not exported: {why_not}") for d in decisions])
     modules = dict(model.named_modules())
+    # a layer left on another device (CPU offload, a second GPU without 2:4 kernels) stays dense
+    decisions = [_on_supported_device(d, modules[d.name]) for d in decisions]
     timings = {d.name: timer(modules[d.name], tokens) for d in decisions if d.eligible}
     decisions = select_faster(decisions, timings, min_speedup)
     for d in decisions:

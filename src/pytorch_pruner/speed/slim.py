@@ -22,12 +22,14 @@ import itertools
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ..errors import PruningError
+from ..targets import unwrap_model
 
 __all__ = ["SlimReport", "SlimmedLayer", "SlimmingError", "slim_", "slim_sequential_"]
 
@@ -82,15 +84,24 @@ def keep_at_least_one(keep: torch.Tensor) -> torch.Tensor:
 def new_linear(old: nn.Linear, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Linear:
     """A Linear like *old* (device, dtype, requires_grad) holding *weight* and *bias*."""
     layer = nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, device=weight.device, dtype=weight.dtype)
-    with torch.no_grad():
-        layer.weight.copy_(weight)
-        if bias is not None:
-            layer.bias.copy_(bias)
-    layer.weight.requires_grad_(old.weight.requires_grad)
-    if layer.bias is not None and old.bias is not None:
-        layer.bias.requires_grad_(old.bias.requires_grad)
-    layer.train(old.training)
-    return layer
+    return _filled(layer, old, weight, bias)
+
+
+_Layer = TypeVar("_Layer", nn.Linear, nn.Conv2d)
+
+
+@torch.no_grad()
+def _filled(new: _Layer, old: nn.Module, weight: torch.Tensor, bias: torch.Tensor | None) -> _Layer:
+    """*new* holding *weight* and *bias*, with the train/eval mode and frozen parameters of *old*."""
+    new.weight.copy_(weight)
+    if bias is not None and new.bias is not None:
+        new.bias.copy_(bias)
+    for name, param in new.named_parameters(recurse=False):
+        before = getattr(old, name, None)
+        if isinstance(before, torch.Tensor):
+            param.requires_grad_(before.requires_grad)
+    new.train(old.training)
+    return new
 
 
 def _new_conv(old: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Conv2d:
@@ -106,12 +117,7 @@ def _new_conv(old: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None) -
         device=weight.device,
         dtype=weight.dtype,
     )
-    with torch.no_grad():
-        conv.weight.copy_(weight)
-        if bias is not None:
-            conv.bias.copy_(bias)
-    conv.train(old.training)
-    return conv
+    return _filled(conv, old, weight, bias)
 
 
 def _new_batch_norm(old: nn.modules.batchnorm._BatchNorm, keep: torch.Tensor) -> nn.Module:
@@ -122,10 +128,11 @@ def _new_batch_norm(old: nn.modules.batchnorm._BatchNorm, keep: torch.Tensor) ->
         if old.affine:
             bn.weight = nn.Parameter(old.weight[keep].clone(), requires_grad=old.weight.requires_grad)
             bn.bias = nn.Parameter(old.bias[keep].clone(), requires_grad=old.bias.requires_grad)
-        if old.track_running_stats:
+        if old.running_mean is not None and old.running_var is not None:  # track_running_stats
             bn.running_mean = old.running_mean[keep].clone()
             bn.running_var = old.running_var[keep].clone()
-            bn.num_batches_tracked = old.num_batches_tracked.clone()
+            if old.num_batches_tracked is not None:
+                bn.num_batches_tracked = old.num_batches_tracked.clone()
     bn.train(old.training)
     return bn
 
@@ -173,12 +180,14 @@ def _is_padded(conv: nn.Conv2d) -> bool:
     return any(int(x) != 0 for x in conv.padding)
 
 
-def _channel_constant(producer: nn.Module, between: Sequence[nn.Module]) -> torch.Tensor | None:
+def _channel_constant(producer: nn.Conv2d | nn.Linear, between: Sequence[nn.Module]) -> torch.Tensor | None:
     """What each output channel of *producer* would be after *between* if its weights were all
     zero (its bias through batch norm and activations, eval mode); None if some module between
     does not keep a constant channel constant (average pooling that counts padding)."""
-    out = producer.weight.shape[0]
-    bias = producer.bias if producer.bias is not None else torch.zeros(out, device=producer.weight.device)
+    weight = producer.weight
+    out = weight.shape[0]
+    # in the weight's dtype and device: batch norm refuses a float32 input with bf16/fp16 statistics
+    bias = producer.bias if producer.bias is not None else weight.new_zeros(out)
     value = bias.detach().reshape(1, out)
     for module in between:
         if isinstance(module, _BATCH_NORMS):
@@ -195,7 +204,8 @@ def _channel_constant(producer: nn.Module, between: Sequence[nn.Module]) -> torc
 
 
 def _slim_pair(seq: nn.Sequential, p: int, c: int, names: list[str], exact: bool, report: SlimReport) -> None:
-    producer, consumer = seq[p], seq[c]
+    # the caller pairs only _PRODUCERS
+    producer, consumer = cast("nn.Conv2d | nn.Linear", seq[p]), cast("nn.Conv2d | nn.Linear", seq[c])
     between = [seq[i] for i in range(p + 1, c)]
     where = f"{names[p]} -> {names[c]}"
     problem = _between_problem(producer, between, consumer)
@@ -212,6 +222,7 @@ def _slim_pair(seq: nn.Sequential, p: int, c: int, names: list[str], exact: bool
         ignored = w_in.eq(0).all(dim=2).all(dim=0)
         constant = zero_rows(producer.weight) & ~ignored
         folded = torch.zeros(out, dtype=torch.bool, device=ignored.device)
+        value: torch.Tensor | None = None
         if bool(constant.any()):
             value = _channel_constant(producer, between)
             if value is None:
@@ -234,23 +245,22 @@ def _slim_pair(seq: nn.Sequential, p: int, c: int, names: list[str], exact: bool
                     folded.zero_()
         keep = keep_at_least_one(~(ignored | constant))
         folded &= ~keep
-        if bool(folded.any()):
+        new_bias = consumer.bias
+        if value is not None and bool(folded.any()):
             # the constant k_c times the weights it meets, summed over kernel positions / features
             shift = (w_in[:, folded, :].sum(dim=2) * value[folded]).sum(dim=1)
-            bias = consumer.bias if consumer.bias is not None else torch.zeros_like(shift)
-            new_bias = bias + shift
-        else:
-            new_bias = consumer.bias
+            new_bias = shift if new_bias is None else new_bias + shift
         if bool(keep.all()):
             return
-        bias = producer.bias[keep] if producer.bias is not None else None
+        kept_bias = producer.bias[keep] if producer.bias is not None else None
         if isinstance(producer, nn.Conv2d):
-            seq[p] = _new_conv(producer, producer.weight[keep], bias)
+            seq[p] = _new_conv(producer, producer.weight[keep], kept_bias)
         else:
-            seq[p] = new_linear(producer, producer.weight[keep], bias)
+            seq[p] = new_linear(producer, producer.weight[keep], kept_bias)
         for i in range(p + 1, c):
-            if isinstance(seq[i], _BATCH_NORMS):
-                seq[i] = _new_batch_norm(seq[i], keep)
+            norm = seq[i]
+            if isinstance(norm, _BATCH_NORMS):
+                seq[i] = _new_batch_norm(norm, keep)
         w_kept = w_in[:, keep, :].reshape(consumer.weight.shape[0], -1)
         if isinstance(consumer, nn.Conv2d):
             shape = (consumer.weight.shape[0], int(keep.sum()), *consumer.weight.shape[2:])
@@ -304,7 +314,8 @@ def slim_(model: nn.Module, *, exact: bool = True, uniform_ffn: bool = False) ->
     and in one warning.
 
     Args:
-        model: the pruned model (pruned weights zero, e.g. after ``Pruning.on_train_end``).
+        model: the pruned model (pruned weights zero, e.g. after ``Pruning.on_train_end``); under a
+            ``torch.compile`` or DDP wrapper, the module it holds is slimmed.
         exact: for CNNs, see :func:`slim_sequential_`.
         uniform_ffn: BERT only: keep the same FFN width in every layer (the widest), so that a
             plain ``from_pretrained`` can load the result when no head was removed.
@@ -323,6 +334,9 @@ def slim_(model: nn.Module, *, exact: bool = True, uniform_ffn: bool = False) ->
     """
     from .bert import find_bert_layers, slim_bert_
 
+    # a torch.compile / DDP wrapper only holds the model: slim what it holds (the wrapper's compiled
+    # graphs are for the old shapes; call the slimmed model, or compile it again)
+    model = unwrap_model(model)
     if find_bert_layers(model):
         report = slim_bert_(model, uniform_ffn=uniform_ffn)
     elif isinstance(model, nn.Sequential):
