@@ -19,8 +19,10 @@ test: install
 	$(BIN)/python -m pytest -q
 
 lint: install
+	$(PIP) -e ".[dev]"
 	$(BIN)/ruff check src tests benchmarks examples
 	$(BIN)/ruff format --check src tests benchmarks examples
+	$(BIN)/mypy src/pytorch_pruner --ignore-missing-imports
 
 bench: install
 	$(BIN)/python benchmarks/overhead.py

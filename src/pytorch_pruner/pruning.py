@@ -177,9 +177,11 @@ class Pruning:
         self.pruners = pruners
         self._started = True
 
-    def _require_started(self, hook: str) -> None:
-        if not self._started:
+    def _require_started(self, hook: str) -> nn.Module:
+        """The model, once on_train_begin has run; a StateError naming *hook* before that."""
+        if not self._started or self._model is None:
             raise StateError(f"{hook} called before on_train_begin; call pruning.on_train_begin() first")
+        return self._model
 
     # -- hooks -----------------------------------------------------------------------------
     def on_epoch_begin(self, epoch: int | None = None) -> None:
@@ -241,13 +243,11 @@ class Pruning:
     # -- results ---------------------------------------------------------------------------
     def get_sparsity_ratio(self) -> SparsityRatios:
         """The seed's three ratios: see :class:`SparsityRatios`."""
-        self._require_started("get_sparsity_ratio")
-        return sparsity_ratios(self._model, self.pruners)
+        return sparsity_ratios(self._require_started("get_sparsity_ratio"), self.pruners)
 
     def report(self) -> SparsityReport:
         """Per-layer sparsity, skipped layers with the reason, and the three ratios."""
-        self._require_started("report")
-        return build_report(self._model, self.pruners, self.step)
+        return build_report(self._require_started("report"), self.pruners, self.step)
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Keep-masks (bool, True = keep) of every pruned layer, in each weight's shape."""

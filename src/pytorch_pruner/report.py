@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, NamedTuple
 
+import torch
 from torch import nn
 
 from .targets import prunable_layers
@@ -88,8 +89,9 @@ class SparsityReport:
 
             table = tabulate(rows, headers=headers, disable_numparse=True)
         except ImportError:  # plain columns without the optional dependency
-            widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=True)]
-            lines = [headers, ["-" * w for w in widths], *rows]
+            cells: list[list[Any]] = [headers, *rows]
+            widths = [max(len(str(x)) for x in col) for col in zip(*cells, strict=True)]
+            lines: list[list[Any]] = [headers, ["-" * w for w in widths], *rows]
             table = "\n".join(
                 "  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in lines
             )
@@ -148,8 +150,7 @@ def build_report(model: nn.Module, pruners: list[Any], step: int) -> SparsityRep
                 )
             )
         for name, reason in p.skipped:
-            module = modules[name]
-            rows.append(
-                LayerReport(name, tuple(module.weight.shape), i, p.pattern.name, s.prune_type, 0.0, 0.0, skipped=reason)
-            )
+            weight = modules[name].weight
+            shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else ()
+            rows.append(LayerReport(name, shape, i, p.pattern.name, s.prune_type, 0.0, 0.0, skipped=reason))
     return SparsityReport(step, sparsity_ratios(model, pruners), rows)

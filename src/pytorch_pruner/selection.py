@@ -135,14 +135,14 @@ def _select_global(layers: Sequence[LayerUnits], sparsity: float) -> list[torch.
     fixed: dict[int, int] = {}  # layer index -> units, for layers held at their cap or floor
     scores = [_clean(layer.scores) for layer in layers]
     uniform = len({layer.unit_elements for layer in layers}) == 1
-    ranking = None if uniform else _Ranking(layers, scores)
+    ranking = _Ranking(layers, scores) if not uniform else None
     while True:
         free = [i for i in range(len(layers)) if i not in fixed]
         left = budget - sum(units * layers[i].unit_elements for i, units in fixed.items())
         if uniform:
             threshold = _Threshold(scores, free, left // layers[0].unit_elements)
             counts = threshold.counts
-        else:
+        elif ranking is not None:
             counts = ranking.counts(free, left)
         changed = False
         for i in free:

@@ -69,7 +69,10 @@ class Target:
 
     @property
     def weight(self) -> torch.Tensor:
-        return self.module.weight
+        weight = self.module.weight
+        if not isinstance(weight, torch.Tensor):  # narrowed for type checkers; layers hold tensors
+            raise TypeError(f"{self.name}.weight is not a tensor")
+        return weight
 
     @property
     def shape2d(self) -> tuple[int, int]:

@@ -159,7 +159,7 @@ def dump_config(config: PruningConfig) -> str:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}
 
     section: dict[str, Any] = plain(config.globals_written())
-    section["pruners"] = [_TaggedPruner(plain(p.written())) for p in config.pruners]
+    section["pruners"] = [_TaggedPruner(plain(p.written())) for p in config.pruner_configs]
     doc: dict[str, Any] = {}
     if config.version is not None:
         doc["version"] = config.version

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, cast
 
 from ..criteria import CRITERIA, Criterion
 from ..errors import ConfigError
@@ -193,7 +193,8 @@ class PruningConfig(PrunerConfig):
         [('2:4', 0.5)]
     """
 
-    pruners: tuple[PrunerConfig, ...] = ()
+    #: PrunerConfig objects or mappings of pruner keys; stored as a tuple of PrunerConfig
+    pruners: Sequence[PrunerConfig | Mapping[str, Any]] = ()
     version: float | str | None = None
     model: Mapping[str, Any] | None = field(default=None, compare=True)
 
@@ -214,9 +215,14 @@ class PruningConfig(PrunerConfig):
         object.__setattr__(self, "pruners", tuple(items) or (PrunerConfig(),))
         self.resolved()  # cross-key checks now, at load time, never at the first pruning step
 
+    @property
+    def pruner_configs(self) -> tuple[PrunerConfig, ...]:
+        """The pruners as :class:`PrunerConfig` objects (mappings are converted on construction)."""
+        return cast(tuple[PrunerConfig, ...], self.pruners)
+
     def resolved(self) -> list[PrunerSettings]:
         """Every pruner with all keys filled (local, then global, then default) and checked."""
-        return [PrunerSettings.build(p, self, f"pruners[{i}]") for i, p in enumerate(self.pruners)]
+        return [PrunerSettings.build(p, self, f"pruners[{i}]") for i, p in enumerate(self.pruner_configs)]
 
     def with_pruner_items(self, **items: Any) -> PruningConfig:
         """A copy in which every pruner has *items* written (``update_items_for_all_pruners``)."""
@@ -224,7 +230,7 @@ class PruningConfig(PrunerConfig):
         for key, value in items.items():
             name = normalize_key(key, "")
             canonical[name] = check_value(name, value, name)
-        pruners = tuple(dataclasses.replace(p, **canonical) for p in self.pruners)
+        pruners = tuple(dataclasses.replace(p, **canonical) for p in self.pruner_configs)
         return dataclasses.replace(self, pruners=pruners)
 
     def globals_written(self) -> dict[str, Any]:

@@ -33,7 +33,7 @@ class _GradientCriterion(Criterion):
         self._reduced: torch.Tensor | None = None  # its block means, reused by all slots
 
     def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._scratch is None:
+        if self._scratch is None or self._reduced is None:
             w = self.slots[0].weight
             self._scratch = torch.empty(max(s.weight.numel() for s in self.slots), dtype=w.dtype, device=w.device)
             self._reduced = torch.empty(max(t.numel() for t in self._scores), device=w.device)
