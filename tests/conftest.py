@@ -82,3 +82,13 @@ def train_steps(model: nn.Module, pruning, steps: int, optimizer=None, batch=Non
         optimizer.step()
         pruning.on_after_optimizer_step()
         optimizer.zero_grad()
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Tests marked ``gpu`` need CUDA: skip them, with the reason, where there is none."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (marked gpu)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -1,0 +1,68 @@
+"""The engine on a CUDA device: masks, scores and scratch live beside the weights.
+
+Skipped without CUDA (the ``gpu`` marker); run them where a GPU is lent.
+"""
+
+import pytest
+import torch
+
+from pytorch_pruner import Pruning
+
+from .conftest import make_bert
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize(("pattern", "target"), [("4x1", 0.8), ("2:4", 0.5), ("1x1", 0.7)])
+def test_training_on_cuda_reaches_the_target_with_exact_zeros(pattern: str, target: float) -> None:
+    model = make_bert().cuda()
+    pruning = Pruning(
+        {
+            "prune_type": "snip_momentum",
+            "pattern": pattern,
+            "target_sparsity": target,
+            "names": ["encoder"],
+            "prune_layer_type": ["Linear"],
+            "start_step": 1,
+            "end_step": 6,
+            "update_frequency_on_step": 2,
+        }
+    )
+    pruning.on_train_begin(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.01)
+    for step in range(8):
+        pruning.on_step_begin(step)
+        batch = {
+            "input_ids": torch.randint(0, 100, (4, 16), device="cuda"),
+            "labels": torch.randint(0, 2, (4,), device="cuda"),
+        }
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = model(**batch).loss
+        loss.backward()
+        pruning.on_before_optimizer_step()
+        optimizer.step()
+        pruning.on_after_optimizer_step()
+        optimizer.zero_grad()
+    for p in pruning.pruners:
+        for layer in p.layers:
+            assert layer.keep.device.type == "cuda"
+            assert (layer.target.weight[~p.full_mask(layer)] == 0).all()
+    assert pruning.get_sparsity_ratio().blockwise_over_matmul_gemm_conv == pytest.approx(target, abs=1e-3)
+
+
+def test_cuda_state_loads_on_cpu() -> None:
+    model = make_bert().cuda()
+    pruning = Pruning(
+        {"prune_type": "magnitude", "pattern": "4x1", "target_sparsity": 0.5, "prune_layer_type": ["Linear"]}
+    )
+    pruning.on_train_begin(model)
+    pruning.on_step_begin(0)
+    state = pruning.state_dict()
+    cpu_model = make_bert()
+    cpu_model.load_state_dict({k: v.cpu() for k, v in model.state_dict().items()})
+    restored = Pruning(
+        {"prune_type": "magnitude", "pattern": "4x1", "target_sparsity": 0.5, "prune_layer_type": ["Linear"]}
+    )
+    restored.on_train_begin(cpu_model)
+    restored.load_state_dict(state)
+    assert all(torch.equal(m.cpu(), restored.masks()[k]) for k, m in pruning.masks().items())
