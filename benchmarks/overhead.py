@@ -100,16 +100,18 @@ def main() -> None:
     weights = sum(layer.numel for layer in layers)
     state = sum(layer.keep.numel() for layer in layers) + sum(p.criterion.state_bytes() for p in pruning.pruners)
     d, s = statistics.median(dense_times), statistics.median(sparse_times)
+    hooks = statistics.median(hook_times)
     rows = [
         ["dense step (median)", f"{1e3 * d:.1f} ms"],
         [f"{args.prune_type} {args.pattern} step (median)", f"{1e3 * s:.1f} ms"],
         ["ratio pruned / dense", f"x{s / d:.4f}"],
-        ["hooks alone (median)", f"{1e3 * statistics.median(hook_times):.2f} ms ({100 * statistics.median(hook_times) / d:.2f}% of a step)"],
+        ["hooks alone (median)", f"{1e3 * hooks:.2f} ms ({100 * hooks / d:.2f}% of a step)"],
         ["mask-update step, extra over a dense step (median)", f"{1e3 * statistics.median(update_extra):.1f} ms"],
         ["pruner state per pruned weight", f"{state / weights:.2f} B"],
         ["steps timed (dense / pruned / updates)", f"{len(dense_times)} / {len(sparse_times)} / {len(update_extra)}"],
     ]
-    print(f"BERT-mini size, batch {args.batch} x seq {args.seq}, torch {torch.__version__}, {torch.get_num_threads()} threads")
+    threads = torch.get_num_threads()
+    print(f"BERT-mini size, batch {args.batch} x seq {args.seq}, torch {torch.__version__}, {threads} threads")
     print(tabulate(rows, headers=["measure", "value"]))
     print(f"final sparsity of the pruned layers: {pruning.get_sparsity_ratio().blockwise_over_matmul_gemm_conv:.3f}")
 

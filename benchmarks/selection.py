@@ -48,8 +48,10 @@ def main() -> None:
         for domain in ("global", "local"):
             seconds, pruned = time_select(total, args.layers, args.repeats, domain)
             rows.append([f"{total:,}", domain, f"{seconds * 1e3:,.1f} ms", f"{pruned / total:.4f}"])
-    print(f"mask selection, {args.layers} layers, target 0.9, cap 0.95 binding on one layer; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(
+        f"mask selection, {args.layers} layers, target 0.9, cap 0.95 binding on one layer; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
     print(tabulate(rows, headers=["block scores", "domain", "median time", "pruned fraction"]))
 
 

@@ -133,3 +133,10 @@ def test_kth_smallest_is_exact_on_large_inputs_with_ties(n: int, q: float) -> No
     x = torch.cat([torch.rand(n // 2, generator=g), torch.randint(0, 50, (n - n // 2,), generator=g).float() / 50])
     k = max(1, int(q * n))
     assert kth_smallest(x, k) == torch.kthvalue(x, k).values
+
+
+def test_kth_smallest_of_several_tensors_equals_that_of_their_concatenation() -> None:
+    g = torch.Generator().manual_seed(1)
+    parts = [torch.rand(n, generator=g) for n in (400_000, 3, 0, 250_000)]
+    for k in (1, 7, 325_000, 650_003):
+        assert kth_smallest(parts, k) == torch.kthvalue(torch.cat(parts), k).values

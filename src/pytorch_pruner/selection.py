@@ -55,29 +55,37 @@ class LayerUnits:
 _SAMPLE = 1 << 16  # sample size for the k-th value search on large inputs
 
 
-def kth_smallest(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The exact k-th smallest value of 1-D *x* (1-based), as a 0-dim tensor.
+def kth_smallest(x: torch.Tensor | Sequence[torch.Tensor], k: int) -> torch.Tensor:
+    """The exact k-th smallest value (1-based) of 1-D *x*, or of several 1-D tensors taken
+    together (without concatenating them), as a 0-dim tensor.
 
-    ``torch.kthvalue`` is a single-threaded quickselect over a copy of the input. For large inputs
-    the value is bracketed from a fixed-seed sample first, and only the few entries inside the
-    bracket are selected from: about five elementwise passes instead, several times faster at
+    ``torch.kthvalue`` is a single-threaded quickselect over a copy of its input. For large inputs
+    the value is first bracketed from a fixed-seed sample, and only the few entries inside the
+    bracket are searched: a handful of elementwise passes instead, several times faster at
     10^7-10^8 scores. If the bracket misses (a probability far below 1e-4), the full search runs.
     """
-    n = x.numel()
+    parts = [x] if isinstance(x, torch.Tensor) else list(x)
+    n = sum(p.numel() for p in parts)
     if n <= 4 * _SAMPLE:
-        return torch.kthvalue(x, k).values
-    generator = torch.Generator(device=x.device).manual_seed(0)
-    sample = x[torch.randint(n, (_SAMPLE,), generator=generator, device=x.device)]
-    q = k / n
-    margin = 5.0 * math.sqrt(q * (1.0 - q) / _SAMPLE) + 2.0 / _SAMPLE
-    lo = torch.kthvalue(sample, max(1, math.floor((q - margin) * _SAMPLE))).values
-    hi = torch.kthvalue(sample, min(_SAMPLE, math.ceil((q + margin) * _SAMPLE))).values
-    below = int(torch.count_nonzero(x < lo))
-    band = x[(x >= lo) & (x <= hi)]
+        return torch.kthvalue(torch.cat(parts) if len(parts) > 1 else parts[0], k).values
+    generator = torch.Generator(device=parts[0].device).manual_seed(0)
+    sample = torch.cat(
+        [
+            p[torch.randint(p.numel(), (max(1, round(_SAMPLE * p.numel() / n)),), generator=generator, device=p.device)]
+            for p in parts
+            if p.numel()
+        ]
+    )
+    m, q = sample.numel(), k / n
+    margin = 5.0 * math.sqrt(q * (1.0 - q) / m) + 2.0 / m
+    lo = torch.kthvalue(sample, max(1, math.floor((q - margin) * m))).values
+    hi = torch.kthvalue(sample, min(m, math.ceil((q + margin) * m))).values
+    below = sum(int(torch.count_nonzero(p < lo)) for p in parts)
+    band = torch.cat([p[(p >= lo) & (p <= hi)] for p in parts])
     rank = k - below
     if 1 <= rank <= band.numel():
         return torch.kthvalue(band, rank).values
-    return torch.kthvalue(x, k).values
+    return torch.kthvalue(torch.cat(parts), k).values
 
 
 def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
@@ -179,8 +187,7 @@ class _Threshold:
             self.counts = {i: scores[i].numel() for i in free}
             self.less = dict(self.counts)
             return
-        pool = torch.cat([scores[i] for i in free]) if len(free) > 1 else scores[free[0]]
-        self.kth = kth_smallest(pool, k)
+        self.kth = kth_smallest([scores[i] for i in free], k)
         self.below = {i: scores[i] < self.kth for i in free}
         self.less = {i: int(torch.count_nonzero(self.below[i])) for i in free}
         ties = k - sum(self.less.values())  # units equal to the k-th value: earlier layers first
