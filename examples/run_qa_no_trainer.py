@@ -39,10 +39,10 @@ from utils_distill import (
     add_common_args,
     build_optimizer,
     check_common_args,
+    finish_run,
     logit_kd,
     pruning_window,
     read_records,
-    save_outputs,
     set_seed,
     train,
 )
@@ -345,29 +345,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         num_epochs=args.num_train_epochs,
         evaluate=evaluate,
     )
-    metrics = evaluate()
-    results: dict[str, Any] = {
-        "task_name": args.task_name,
-        "metrics": metrics,
-        "steps": len(losses),
-        "final_loss": losses[-1],
-        "do_prune": args.do_prune,
-        "distill_loss_weight": args.distill_loss_weight,
-        "window": {"start_step": window.start_step, "end_step": window.end_step},
-        "sparsity_ratios": None,
-    }
-    print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-    report_json = None
-    if pruning is not None:
-        ratios = pruning.get_sparsity_ratio()
-        results["sparsity_ratios"] = ratios._asdict()
-        print("sparsity ratios: " + ", ".join(f"{k} {v:.4f}" for k, v in ratios._asdict().items()))
-        report = pruning.report()
-        print(report)
-        report_json = report.to_json(indent=2)
-    save_outputs(args.output_dir, model, tokenizer, results, report_json)
-    print(f"saved model, tokenizer and results.json to {args.output_dir}")
-    return results
+    return finish_run(args, model, tokenizer, pruning, window, losses, evaluate())
 
 
 if __name__ == "__main__":

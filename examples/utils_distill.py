@@ -35,6 +35,7 @@ __all__ = [
     "batches",
     "build_optimizer",
     "check_common_args",
+    "finish_run",
     "hidden_state_mse",
     "logit_kd",
     "pruning_window",
@@ -298,6 +299,44 @@ def save_outputs(
     if report_json is not None:
         (out / "pruning_report.json").write_text(report_json + "\n", encoding="utf-8")
     return path
+
+
+def finish_run(
+    args: argparse.Namespace,
+    model: nn.Module,
+    tokenizer: Any,
+    pruning: Any,
+    window: Any,
+    losses: list[float],
+    metrics: dict[str, float],
+) -> dict[str, Any]:
+    """Print the metric, the sparsity ratios and the per-layer report; save everything.
+
+    Returns:
+        The results written to ``results.json`` (metrics, steps, window, ratios).
+    """
+    results: dict[str, Any] = {
+        "task_name": args.task_name,
+        "metrics": metrics,
+        "steps": len(losses),
+        "final_loss": losses[-1],
+        "do_prune": args.do_prune,
+        "distill_loss_weight": args.distill_loss_weight,
+        "window": {"start_step": window.start_step, "end_step": window.end_step},
+        "sparsity_ratios": None,
+    }
+    print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    report_json = None
+    if pruning is not None:
+        ratios = pruning.get_sparsity_ratio()
+        results["sparsity_ratios"] = ratios._asdict()
+        print("sparsity ratios: " + ", ".join(f"{k} {v:.4f}" for k, v in ratios._asdict().items()))
+        report = pruning.report()
+        print(report)
+        report_json = report.to_json(indent=2)
+    save_outputs(args.output_dir, model, tokenizer, results, report_json)
+    print(f"saved model, tokenizer and results.json to {args.output_dir}")
+    return results
 
 
 def batches(items: Sequence[Any], batch_size: int) -> list[list[Any]]:
