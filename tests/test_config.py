@@ -237,3 +237,22 @@ def test_missing_file_and_bad_yaml(tmp_path) -> None:
     empty.write_text("")
     with pytest.raises(ConfigError, match="the file is empty"):
         load_config(empty)
+
+
+def test_structural_errors_name_what_to_write() -> None:
+    with pytest.raises(ConfigError, match=r"config: \[1, 2\] is not a mapping; expected the seed's `pruning:` section"):
+        loads_config("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match=r"config: \[1, 2\] is not a path, mapping or PruningConfig"):
+        load_config([1, 2])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match=r"pruning_configs: the pruners are also written as `pruners`; keep one"):
+        load_config({"pruners": [{}], "pruning_configs": [{}]})
+    with pytest.raises(ConfigError, match=r"pruners\[0\]: 3 is not a pruner; allowed: a mapping of pruner keys"):
+        PruningConfig(pruners=[3])  # type: ignore[list-item]
+
+
+def test_registering_a_name_twice_is_refused() -> None:
+    from pytorch_pruner import CRITERIA
+    from pytorch_pruner.criteria import Magnitude
+
+    with pytest.raises(ValueError, match="prune_type 'magnitude' is already registered"):
+        CRITERIA.register("magnitude")(type("Other", (Magnitude,), {}))

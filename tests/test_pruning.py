@@ -389,3 +389,20 @@ def test_bert_model_with_seed_yaml_end_to_end_shapes() -> None:
         train.zero_grad()
     ratios = pruning.get_sparsity_ratio()
     assert ratios.blockwise_over_matmul_gemm_conv == pytest.approx(0.9, abs=0.01)
+
+
+def test_damaged_or_foreign_states_are_refused_and_change_nothing(mlp) -> None:
+    config = magnitude(pattern="1x1", target_sparsity=0.5)
+    a = Pruning(config)
+    a.on_train_begin(make_mlp())
+    a.on_step_begin(0)
+    b = Pruning(config)
+    b.on_train_begin(mlp)
+    state = a.state_dict()
+    with pytest.raises(StateError, match="the saved config is damaged"):
+        b.load_state_dict({**state, "config": 42})
+    with pytest.raises(StateError, match="the state holds another number of pruners than this config"):
+        b.load_state_dict({**state, "pruners": []})
+    with pytest.raises(StateError, match="saved criterion state is not magnitude's"):
+        b.load_state_dict({**state, "pruners": [{**state["pruners"][0], "criterion": {"scores": []}}]})
+    assert b.step == 0 and all(bool(m.all()) for m in b.masks().values())
