@@ -114,6 +114,41 @@ def test_layout_is_checked_before_the_device() -> None:
         to_semi_structured_(_model(), names=["^0$"])
 
 
+def test_conversion_replaces_only_the_layers_timed_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GPU branch of to_semi_structured_, run on CPU with the kernels' support, the timer and
+    the conversion stood in for: only the eligible layer measured faster is replaced."""
+    from pytorch_pruner.speed import semi_structured
+
+    converted: list[torch.Tensor] = []
+
+    def fake_convert(weight: torch.Tensor) -> torch.Tensor:
+        assert not weight.requires_grad  # detached, as torch's conversion wants
+        converted.append(weight.clone())
+        return converted[-1]
+
+    monkeypatch.setattr(semi_structured, "semi_structured_support", lambda device=None: None)
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", fake_convert)
+    model = _pruned().half()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    timed: list[tuple[str, int]] = []
+
+    def timer(module: nn.Linear, tokens: int) -> tuple[float, float]:
+        name = "0" if module is model[0] else "2"
+        timed.append((name, tokens))
+        return (2.0, 1.0) if name == "0" else (1.0, 1.02)
+
+    report = to_semi_structured_(model, tokens=512, min_speedup=1.05, timer=timer)
+    assert timed == [("0", 512), ("2", 512)]  # the ineligible layer "4" is not timed
+    assert report.converted == ["0"] and len(converted) == 1
+    assert model[0].weight is not None and model[0].weight.data_ptr() == converted[0].data_ptr()
+    assert not model[0].weight.requires_grad and torch.equal(model[0].weight, before["0.weight"])
+    assert model[2].weight.requires_grad and torch.equal(model[2].weight, before["2.weight"])
+    decisions = {d.name: d for d in report.layers}
+    assert decisions["0"].speedup == 2.0 and decisions["2"].reason == "speedup 0.98x < 1.05x"
+    assert not decisions["4"].eligible and decisions["4"].dense_ms is None
+    assert "0 [128, 64]: 2:4 sparse (dense 2.000 ms, sparse 1.000 ms; speedup 2.00x >= 1.05x)" in str(report)
+
+
 def test_support_message_for_cpu_models() -> None:
     reason = semi_structured_support("cpu")
     assert reason is not None and ("CUDA" in reason)
