@@ -6,13 +6,20 @@ CPU part: a BERT-mini-size (hidden 256, 4 layers, 4 heads, FFN 1024) and a MiniL
 on every attention output layer, then slimmed with :func:`pytorch_pruner.speed.slim_`. Each
 variant is checked to give the masked model's outputs, then timed under ``torch.inference_mode``
 against the dense model, the two interleaved, in this one process: median latency of ``--repeats``
-runs after warm-up, and speedup = median over runs of dense time / slimmed time.
+runs after warm-up, and speedup = median over runs of dense time / slimmed time. The FLOP ratio
+(dense / slimmed operations of a forward, counted by ``torch.utils.flop_counter``) is the speedup
+that the removed work alone would give.
 
 GPU part (when a GPU with 2:4 kernels is there): for the Linear shapes of these models and a few
 large ones, dense ``F.linear`` vs the semi-structured sparse weight, float16, at batch x seq tokens.
 
+With ``--compile`` both models are also compiled by ``torch.compile`` (inductor, static shapes) and
+timed the same way: a deployment that compiles removes Python and per-op overhead from both, so
+its speedup is closer to the ratio of multiply-adds.
+
 Run:  python benchmarks/inference.py            (all defaults, about ten minutes on one core)
       python benchmarks/inference.py --models mini --batch 1 --repeats 5   (quick)
+      python benchmarks/inference.py --ffn 0.5 --heads 0 --compile   (eager and compiled at 50% FFN)
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from collections.abc import Callable
 import torch
 from tabulate import tabulate
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
 from pytorch_pruner import prune_
@@ -87,6 +95,30 @@ def paired_medians(fns: list[Callable[[], object]], repeats: int, warmup: int = 
     return [statistics.median(t) for t in times], ratio
 
 
+def flop_ratio(dense: nn.Module, slim: nn.Module, ids: torch.Tensor) -> float:
+    """Dense / slimmed floating-point operations of one forward (matmuls and attention): the speedup
+    that removing work alone would give. Counted on copies with eager attention, whose matmuls the
+    counter sees (it does not count the fused CPU attention kernel)."""
+
+    def flops(model: nn.Module) -> int:
+        model = copy.deepcopy(model)
+        model.set_attn_implementation("eager")  # type: ignore[operator]
+        with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+            model(ids)
+        return counter.get_total_flops()
+
+    return flops(dense) / flops(slim)
+
+
+def compiled_speedup(dense: nn.Module, slim: nn.Module, ids: torch.Tensor, repeats: int) -> float:
+    """Speedup of the slimmed over the dense model, both compiled with inductor (static shapes)."""
+    torch._dynamo.reset()  # a fresh cache: every variant compiles anew instead of hitting recompile limits
+    fns = [torch.compile(m, dynamic=False) for m in (dense, slim)]
+    with torch.inference_mode():
+        _, speedup = paired_medians([lambda f=f: f(ids) for f in fns], repeats)
+    return speedup
+
+
 def cpu_table(args: argparse.Namespace) -> list[list[object]]:
     rows: list[list[object]] = []
     for name in args.models:
@@ -104,8 +136,11 @@ def cpu_table(args: argparse.Namespace) -> list[list[object]]:
                         (base, fast), speedup = paired_medians(runs, repeats)
                     rows.append([
                         name, f"{ffn:.0%}", f"{heads:.0%}", batch, f"{params:.2f}", f"{base * 1e3:.1f}",
-                        f"{fast * 1e3:.1f}", f"{batch / fast:.1f}", f"{speedup:.2f}x", f"{error:.1e}",
+                        f"{fast * 1e3:.1f}", f"{batch / fast:.1f}", f"{speedup:.2f}x",
+                        f"{flop_ratio(dense, slim, ids):.2f}x", f"{error:.1e}",
                     ])  # fmt: skip
+                    if args.compile:
+                        rows[-1].append(f"{compiled_speedup(dense, slim, ids, repeats):.2f}x")
                     print(" | ".join(map(str, rows[-1])), flush=True)
     return rows
 
@@ -135,6 +170,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=1, help=f"torch CPU threads (this machine has {os.cpu_count()} CPUs)"
     )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time both models compiled by torch.compile (inductor)"
+    )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU part")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -148,7 +186,8 @@ def main() -> None:
     print(f"CPU: {cpu}, {args.threads} threads; torch {torch.__version__}; seq {args.seq}")
     if not args.no_cpu:
         headers = ["model", "FFN pruned", "heads pruned", "batch", "encoder Mparams", "dense ms", "slim ms",
-                   "slim seq/s", "speedup", "max |diff|"]  # fmt: skip
+                   "slim seq/s", "speedup", "FLOP ratio", "max |diff|"]  # fmt: skip
+        headers += ["compiled speedup"] if args.compile else []
         rows = cpu_table(args)
         print(tabulate(rows, headers=headers, tablefmt="github"))
     why_not = semi_structured_support()
