@@ -345,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         num_epochs=args.num_train_epochs,
         evaluate=evaluate,
     )
-    return finish_run(args, model, tokenizer, pruning, window, losses, evaluate())
+    return finish_run(args, model, tokenizer, pruning, window, losses, evaluate)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,9 @@ import json
 import math
 import os
 import random
-from collections.abc import Sequence
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ __all__ = [
     "read_records",
     "save_outputs",
     "set_seed",
+    "slim_and_evaluate",
     "train",
 ]
 
@@ -80,6 +82,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sparsity_warm_epochs", type=float, default=0, help="W: epochs before pruning starts")
     parser.add_argument("--cooldown_epochs", type=float, default=0, help="C: epochs after pruning ends")
     parser.add_argument("--distill_loss_weight", type=float, default=0.0, help="w > 0 turns distillation on")
+    parser.add_argument(
+        "--slim",
+        action="store_true",
+        help="after training, remove the pruned FFN neurons and attention heads (patterns channelx1 and "
+        "head:<head_dim>, docs/speed.md) and save the smaller model; load it with pytorch_pruner.speed.load_slimmed",
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seed", type=int, default=42)
 
@@ -109,6 +117,11 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise ValueError(
             f"the pruning window is empty: --sparsity_warm_epochs ({args.sparsity_warm_epochs}) + --cooldown_epochs "
             f"({args.cooldown_epochs}) exceed --num_train_epochs ({args.num_train_epochs}); lower them or train longer"
+        )
+    if args.slim and not args.pruning_config:
+        raise ValueError(
+            "--slim removes what pruning zeroed: it needs --do_prune and --pruning_config with channelx1 on the "
+            "FFN output layers and/or head:<head_dim> on attention.output.dense (see docs/speed.md)"
         )
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
@@ -308,13 +321,16 @@ def finish_run(
     pruning: Any,
     window: Any,
     losses: list[float],
-    metrics: dict[str, float],
+    evaluate: Callable[[], dict[str, float]],
 ) -> dict[str, Any]:
-    """Print the metric, the sparsity ratios and the per-layer report; save everything.
+    """Evaluate; print the metric, the sparsity ratios and the per-layer report; with ``--slim``,
+    slim the model and evaluate it again; save everything.
 
     Returns:
-        The results written to ``results.json`` (metrics, steps, window, ratios).
+        The results written to ``results.json`` (metrics, steps, window, ratios; ``slim`` with
+        ``--slim``).
     """
+    metrics = evaluate()
     results: dict[str, Any] = {
         "task_name": args.task_name,
         "metrics": metrics,
@@ -334,9 +350,45 @@ def finish_run(
         report = pruning.report()
         print(report)
         report_json = report.to_json(indent=2)
+    if getattr(args, "slim", False):
+        results["slim"] = slim_and_evaluate(model, evaluate)
     save_outputs(args.output_dir, model, tokenizer, results, report_json)
     print(f"saved model, tokenizer and results.json to {args.output_dir}")
+    if "slim" in results:
+        print(f"load the slimmed model with pytorch_pruner.speed.load_slimmed(<model class>, {args.output_dir!r})")
     return results
+
+
+def slim_and_evaluate(model: nn.Module, evaluate: Callable[[], dict[str, float]]) -> dict[str, Any]:
+    """Remove the pruned FFN neurons and attention heads of *model* (in place) and evaluate it again.
+
+    Returns:
+        Parameters before and after, units removed, per-layer sizes, what was kept and why, and
+        the metrics of the slimmed model (equal to the pruned model's up to float rounding).
+    """
+    from pytorch_pruner.speed import slim_
+
+    before = sum(p.numel() for p in model.parameters())
+    report = slim_(model.eval())
+    after = sum(p.numel() for p in model.parameters())
+    print(f"slimmed: {before / 1e6:.2f}M -> {after / 1e6:.2f}M parameters, {report.removed} units removed")
+    print(report)
+    if not report.removed:
+        print(
+            "warning: --slim found nothing to remove; prune layer.N.output.dense with channelx1 (FFN neurons) or "
+            "attention.output.dense with head:<head_dim> (heads) to get a smaller model",
+            file=sys.stderr,
+        )
+    metrics = evaluate()
+    print("eval after slimming: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return {
+        "parameters_before": before,
+        "parameters_after": after,
+        "units_removed": report.removed,
+        "layers": [asdict(s) for s in report.slimmed],
+        "kept": [{"name": name, "reason": reason} for name, reason in report.skipped],
+        "metrics": metrics,
+    }
 
 
 def batches(items: Sequence[Any], batch_size: int) -> list[list[Any]]:

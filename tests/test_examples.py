@@ -139,6 +139,21 @@ def mrpc_4x1(glue: ModuleType, tiny_model: Path, glue_files: dict[str, Path], wo
     return {"results": results, "out": out}
 
 
+@pytest.fixture(scope="module")
+def sst2_slim(glue: ModuleType, tiny_model: Path, glue_files: dict[str, Path], work: Path) -> dict[str, Any]:
+    """FFN neurons and heads pruned (the example config, at the tiny model's head_dim 16 and with 1 of
+    its 2 heads), then --slim."""
+    config = work / "slim.yaml"
+    text = (EXAMPLES / "bert_mini_sst2_slim.yaml").read_text()
+    config.write_text(text.replace("head:64", "head:16").replace("target_sparsity: 0.25", "target_sparsity: 0.5"))
+    out = work / "sst2_slim"
+    results = glue.main(_glue_args(
+        tiny_model, glue_files["sst2_train"], glue_files["sst2_dev"], out, "--task_name", "sst2",
+        "--pruning_config", str(config), "--do_prune", "--cooldown_epochs", "1", "--slim",
+    ))  # fmt: skip
+    return {"results": results, "out": out}
+
+
 def _encoder_linear_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {
         name: m.weight.detach()
@@ -199,6 +214,34 @@ def test_glue_distillation_freezes_the_classifier(mrpc_4x1: dict[str, Any], tiny
     assert not torch.equal(before.state_dict()[name], after.state_dict()[name])
 
 
+def test_glue_slim_saves_a_smaller_model_with_the_same_predictions(
+    sst2_slim: dict[str, Any], glue_files: dict[str, Path], tiny_model: Path
+) -> None:
+    from pytorch_pruner.speed import load_slimmed
+
+    results, out = sst2_slim["results"], sst2_slim["out"]
+    slim = results["slim"]
+    # 2 layers x (32 of 64 FFN neurons, 1 of 2 heads): each neuron has 2 x 32 weights + 1 bias, each
+    # head 3 x (16 x 32 + 16) in query/key/value + 16 x 32 in the output layer
+    removed = 2 * (32 * (2 * 32 + 1) + (3 * (16 * 32 + 16) + 16 * 32))
+    assert slim["parameters_before"] - slim["parameters_after"] == removed
+    assert slim["units_removed"] == 2 * (32 + 1) and slim["kept"] == []
+    assert {(d["unit"], d["before"], d["after"]) for d in slim["layers"]} == {("neurons", 64, 32), ("heads", 2, 1)}
+    assert slim["metrics"] == results["metrics"]  # slimming keeps the outputs, hence the predictions
+    assert _saved_json(out)["slim"] == slim
+    model = load_slimmed(transformers.AutoModelForSequenceClassification, out)
+    assert sum(p.numel() for p in model.parameters()) == slim["parameters_after"]
+    assert model.config.slimmed_intermediate_sizes == [32, 32] and model.config.slimmed_num_attention_heads == [1, 1]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    with glue_files["sst2_dev"].open() as f:
+        rows = list(csv.DictReader(f))
+    batch = tokenizer([r["sentence"] for r in rows], padding=True, return_tensors="pt")
+    with torch.no_grad():
+        preds = model(**batch).logits.argmax(-1)
+    labels = torch.tensor([int(r["label"]) for r in rows])
+    assert float((preds == labels).float().mean()) == pytest.approx(slim["metrics"]["accuracy"])
+
+
 @pytest.fixture(scope="module")
 def sst2_dense(glue: ModuleType, tiny_model: Path, glue_files: dict[str, Path], work: Path) -> dict[str, Any]:
     out = work / "sst2_dense"
@@ -257,6 +300,7 @@ def test_glue_student_reuses_a_separate_teachers_classifier(
         (["--task_name", "squad"], "is not a GLUE classification task"),
         (["--task_name", "mrpc"], r"task 'mrpc' needs columns \['sentence1', 'sentence2'\]"),
         (["--max_train_steps", "0"], "--max_train_steps must be >= 1"),
+        (["--slim"], "--slim removes what pruning zeroed: it needs --do_prune and --pruning_config"),
     ],
 )  # fmt: skip
 def test_glue_rejects_bad_flags(

@@ -262,6 +262,26 @@ def test_a_pruner_without_layers_warns_with_the_candidates(mlp) -> None:
         pruning.on_train_begin(mlp)
 
 
+def test_a_target_that_rounds_to_no_unit_warns(mlp) -> None:
+    # head:16 units are 16 input columns: fc1 (32 inputs) has 2, fc2 (64 inputs) has 4
+    config = {"prune_type": "magnitude", "names": ["fc"], "pattern": "head:16", "prune_domain": "local"}
+    pruning = Pruning({**config, "target_sparsity": 0.25})
+    with pytest.warns(
+        UserWarning,
+        match=r"pruners\[0\]: target_sparsity 0.25 prunes no unit of pattern 'head:16' .*"
+        r"local ranking prunes floor\(target x units\)\): fc1 \(2\); they will stay dense",
+    ):
+        pruning.on_train_begin(mlp)
+    pruning.on_step_begin(0)
+    assert [layer.sparsity for layer in pruning.pruners[0].layers] == [0.0, 0.25]
+    with pytest.warns(UserWarning, match=r"target_sparsity 0.1 .* global ranking .*: fc1 \(2\), fc2 \(4\);"):
+        Pruning({**config, "prune_domain": "global", "target_sparsity": 0.1}).on_train_begin(mlp)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0.25 of 6 units globally is 1 unit; 0.5 of 2 locally is 1
+        Pruning({**config, "prune_domain": "global", "target_sparsity": 0.25}).on_train_begin(mlp)
+        Pruning({**config, "target_sparsity": 0.5}).on_train_begin(mlp)
+
+
 def test_no_matching_layer_at_all_is_an_error(mlp) -> None:
     pruning = Pruning({"prune_type": "magnitude", "names": ["decoder"]})
     with warnings.catch_warnings():

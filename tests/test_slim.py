@@ -166,6 +166,9 @@ def test_bert_save_and_load_slimmed(bert_config, tokens, tmp_path) -> None:
     loaded = load_slimmed(transformers.BertForSequenceClassification, tmp_path)
     assert not loaded.training
     torch.testing.assert_close(_out(loaded, tokens), before, atol=1e-5, rtol=1e-5)
+    auto = load_slimmed(transformers.AutoModelForSequenceClassification, tmp_path)
+    assert type(auto) is transformers.BertForSequenceClassification
+    torch.testing.assert_close(_out(auto, tokens), before, atol=1e-5, rtol=1e-5)
 
 
 def test_uniform_ffn_loads_with_plain_from_pretrained(bert_config, tokens, tmp_path) -> None:

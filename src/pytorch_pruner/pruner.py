@@ -6,6 +6,7 @@ selection for which units go, and the schedule for when and how far — and owns
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +78,19 @@ class Pruner:
         #: the sparsity the masks were last computed for
         self.current_sparsity = 0.0
         self._masked = False  # whether any mask has a False: until then applying is a no-op
+
+    def too_coarse(self) -> list[tuple[str, int]]:
+        """``(layer name, units)`` of the layers whose target prunes no unit at all: with local
+        ranking each layer prunes ``floor(target * units)`` units, which is 0 for a layer of few
+        large units (e.g. 2 heads at target 0.25). With global ranking, all layers when their
+        units together round down to 0."""
+        target = min(self.settings.target_sparsity, self.pattern.max_sparsity())
+        if target <= 0 or not self.layers:
+            return []
+        counts = [(layer.name, self.pattern.num_units(*layer.target.shape2d)) for layer in self.layers]
+        if self.settings.prune_domain == "local":
+            return [(name, n) for name, n in counts if math.floor(target * n + 1e-6) == 0]
+        return counts if math.floor(target * sum(n for _, n in counts) + 1e-6) == 0 else []
 
     # -- per step --------------------------------------------------------------------------
     def wants_scores(self, step: int) -> bool:

@@ -167,7 +167,17 @@ class Pruning:
                     "supported yet. Train with DistributedDataParallel (each rank holds the whole weight) "
                     "or on one process"
                 )
-            pruners.append(Pruner(s, mine))
+            pruner = Pruner(s, mine)
+            coarse = pruner.too_coarse()
+            if coarse:
+                units = ", ".join(f"{name} ({n})" for name, n in coarse)
+                warnings.warn(
+                    f"{s.path}: target_sparsity {s.target_sparsity:g} prunes no unit of pattern {s.pattern.name!r} "
+                    f"in these layers (units in brackets; {s.prune_domain} ranking prunes floor(target x units)): "
+                    f"{units}; they will stay dense. Raise target_sparsity, use a finer pattern, or rank globally",
+                    stacklevel=2,
+                )
+            pruners.append(pruner)
         if not claimed:
             all_layers = [f"{t.name} ({t.kind})" for t in prunable_layers(self._model)]
             raise NoMatchingLayersError(

@@ -197,9 +197,10 @@ def load_slimmed(model_class: Any, path: str | os.PathLike[str], **config_kwargs
     """Load a model saved with ``save_pretrained`` after :func:`slim_bert_`, per-layer sizes included.
 
     Args:
-        model_class: the transformers class to build (e.g. ``BertForSequenceClassification``).
+        model_class: the transformers class to build: a model class (``BertForSequenceClassification``)
+            or an auto class (``AutoModelForSequenceClassification``, which reads the kind from config.json).
         path: the folder ``save_pretrained`` wrote.
-        config_kwargs: passed to ``model_class.config_class.from_pretrained``.
+        config_kwargs: passed to the config's ``from_pretrained``.
 
     Returns:
         The model in eval mode, with the saved weights.
@@ -208,10 +209,16 @@ def load_slimmed(model_class: Any, path: str | os.PathLike[str], **config_kwargs
         SlimmingError: no weights in *path*, or they do not fit the recorded sizes.
     """
     path = Path(path)
-    config = model_class.config_class.from_pretrained(path, **config_kwargs)
+    if getattr(model_class, "config_class", None) is not None:
+        config = model_class.config_class.from_pretrained(path, **config_kwargs)
+        model = model_class(config)
+    else:  # an auto class: the config names the model type
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(path, **config_kwargs)
+        model = model_class.from_config(config)
     ffn, heads = getattr(config, _FFN_KEY, None), getattr(config, _HEADS_KEY, None)
     widest = int(config.intermediate_size)  # slim_bert_ set it to the widest layer
-    model = model_class(config)
     layers = find_bert_layers(model)
     recorded = [sizes for sizes in (ffn, heads) if sizes is not None]
     if any(len(sizes) != len(layers) for sizes in recorded):
