@@ -440,6 +440,22 @@ def squad_4x1(qa: ModuleType, tiny_model: Path, squad_files: dict[str, Path], wo
     return {"results": results, "out": out}
 
 
+def test_qa_slim_keeps_the_answers(qa: ModuleType, tiny_model: Path, squad_files: dict[str, Path], work: Path) -> None:
+    from pytorch_pruner.speed import load_slimmed
+
+    config = work / "qa_slim.yaml"
+    text = (EXAMPLES / "bert_mini_sst2_slim.yaml").read_text()
+    config.write_text(text.replace("head:64", "head:16").replace("target_sparsity: 0.25", "target_sparsity: 0.5"))
+    out = work / "squad_slim"
+    results = qa.main(_qa_args(tiny_model, squad_files, out, "--pruning_config", str(config), "--do_prune", "--slim"))
+    slim = results["slim"]
+    assert slim["units_removed"] == 2 * (32 + 1) and slim["parameters_after"] < slim["parameters_before"]
+    assert slim["metrics"] == results["metrics"]  # same start/end logits, hence the same answers
+    model = load_slimmed(transformers.AutoModelForQuestionAnswering, out)
+    assert type(model).__name__ == "BertForQuestionAnswering"
+    assert sum(p.numel() for p in model.parameters()) == slim["parameters_after"]
+
+
 def test_qa_4x1_with_distillation_prunes_and_reloads(squad_4x1: dict[str, Any]) -> None:
     out, results = squad_4x1["out"], squad_4x1["results"]
     saved = _saved_json(out)
