@@ -28,6 +28,11 @@ Run::
     python benchmarks/quality.py --epochs 2 --sparse_epochs 2 --cooldown_epochs 1 \
         --max_train_samples 700 --max_eval_samples 350   # a quick look (the drop is larger)
     python benchmarks/quality.py --work_dir runs/q --reuse_dense --patterns 4x1@0.8   # one pattern
+    python benchmarks/quality.py --patterns ffn@0.5,ffn+heads@0.5   # structured, slimmed afterwards
+
+Structured runs (``ffn``, ``heads``, ``ffn+heads`` @ target) prune whole FFN neurons and/or attention
+heads, each layer to the target, then ``--slim`` cuts them out; the table adds the slimmed model's
+parameter share, its accuracy and its speed-up over the dense model on the dev set.
 
 The defaults (8 pruned epochs of which 3 cooldown, learning rate 5e-4) are what the 4x1 run needs:
 with 4 epochs (2 cooldown) at 1e-4 it lost 1.8% accuracy, at 3e-4 with 6 epochs 1.2%.
@@ -147,6 +152,67 @@ def build_task(folder: Path, train_per_class: int, eval_per_class: int) -> tuple
     return paths[0], paths[1], {lib: len(t) for lib, t in per_library.items()}
 
 
+#: Structured runs (``--patterns ffn@0.5``): what each prunes, as seed-format pruner items. The units
+#: are whole FFN neurons (``channelx1`` on each FFN output layer) and whole attention heads
+#: (``head:<head_dim>`` on each attention output layer), each layer to the target (local ranking),
+#: so that ``--slim`` can cut them out.
+_FFN = (r"layer\.\d+\.output\.dense$", "channelx1")  # (layer names, pattern)
+_HEADS = (r"attention\.output\.dense$", "head:{head_dim}")
+STRUCTURED: dict[str, tuple[tuple[str, str], ...]] = {"ffn": (_FFN,), "heads": (_HEADS,), "ffn+heads": (_FFN, _HEADS)}
+
+
+def structured_yaml(folder: Path, name: str, kind: str, target: float, frequency: int, head_dim: int) -> Path:
+    """A seed-format config that prunes the FFN neurons and/or attention heads of *kind* to *target*."""
+    items = "".join(
+        f"""        - !Pruner
+            names: ['{names}']
+            pattern: "{pattern.format(head_dim=head_dim)}"
+            target_sparsity: {target}
+            prune_domain: "local"
+"""
+        for names, pattern in STRUCTURED[kind]
+    )
+    text = f"""pruning:
+  approach:
+    weight_compression_pytorch:
+      prune_layer_type: ["Linear"]
+      prune_type: "snip_momentum"
+      sparsity_decay_type: "exp"
+      update_frequency_on_step: {frequency}
+      pruners:
+{items}"""
+    path = folder / f"{name}.yaml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def eval_speedup(dense_dir: Path, slim_dir: Path, dev_csv: Path, max_seq_length: int, rounds: int = 5) -> float:
+    """Median over *rounds* of (dense / slimmed) seconds to classify the dev set, batches of 64."""
+    import torch
+    from inference import paired_medians  # benchmarks/inference.py
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from pytorch_pruner.speed import load_slimmed
+
+    dense = AutoModelForSequenceClassification.from_pretrained(dense_dir).eval()
+    slim = load_slimmed(AutoModelForSequenceClassification, slim_dir)
+    tokenizer = AutoTokenizer.from_pretrained(dense_dir)
+    with dev_csv.open(encoding="utf-8") as f:
+        texts = [row["sentence"] for row in csv.DictReader(f)]
+    batches = [
+        tokenizer(texts[i : i + 64], truncation=True, max_length=max_seq_length, padding=True, return_tensors="pt")
+        for i in range(0, len(texts), 64)
+    ]
+
+    def classify(model: torch.nn.Module) -> None:
+        for batch in batches:
+            model(**batch)
+
+    with torch.inference_mode():
+        _, speedup = paired_medians([lambda: classify(dense), lambda: classify(slim)], rounds, warmup=1)
+    return speedup
+
+
 def pruning_yaml(folder: Path, name: str, pattern: str, target: float, frequency: int) -> Path:
     """A seed-format config: snip_momentum on every encoder Linear layer."""
     text = f"""pruning:
@@ -180,7 +246,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--learning_rate", type=float, default=2e-4, help="dense fine-tuning")
     parser.add_argument("--sparse_learning_rate", type=float, default=5e-4)
     parser.add_argument("--distill_loss_weight", type=float, default=8.0)
-    parser.add_argument("--patterns", default="4x1@0.8,2:4@0.5", help="comma-separated PATTERN@TARGET runs")
+    parser.add_argument(
+        "--patterns",
+        default="4x1@0.8,2:4@0.5",
+        help=f"comma-separated PATTERN@TARGET runs; PATTERN is a pytorch-pruner pattern or one of {list(STRUCTURED)}",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--work_dir", default=None, help="keep data, models and results here (default: a temp dir)")
     parser.add_argument(
@@ -238,17 +308,31 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
                  "relative_drop": 0.0, "minutes": dense_s / 60})  # fmt: skip
     steps_per_epoch = -(-(sum(1 for _ in train_csv.open()) - 1) // args.batch_size)
     window = int((args.sparse_epochs - args.cooldown_epochs) * steps_per_epoch)
+    frequency = max(1, window // 10)  # about 10 pruning steps
     for spec in filter(None, args.patterns.split(",")):
         pattern, target = spec.split("@")
-        name = "sparse_" + pattern.replace(":", "in")
-        config = pruning_yaml(work, name, pattern, float(target), max(1, window // 10))  # about 10 pruning steps
-        results, seconds = run(work / name, args.sparse_epochs, args.sparse_learning_rate, "--do_prune",
-                               "--pruning_config", str(config), "--cooldown_epochs", str(args.cooldown_epochs),
-                               "--distill_loss_weight", str(args.distill_loss_weight))  # fmt: skip
+        name = "sparse_" + pattern.replace(":", "in").replace("+", "_")
+        extra = ["--do_prune", "--cooldown_epochs", str(args.cooldown_epochs),
+                 "--distill_loss_weight", str(args.distill_loss_weight)]  # fmt: skip
+        if pattern in STRUCTURED:
+            model_config = json.loads((work / "dense" / "config.json").read_text())
+            head_dim = model_config["hidden_size"] // model_config["num_attention_heads"]
+            config = structured_yaml(work, name, pattern, float(target), frequency, head_dim)
+            extra.append("--slim")
+        else:
+            config = pruning_yaml(work, name, pattern, float(target), frequency)
+        results, seconds = run(work / name, args.sparse_epochs, args.sparse_learning_rate, *extra,
+                               "--pruning_config", str(config))  # fmt: skip
         acc = results["metrics"]["accuracy"]
-        rows.append({"run": "pruned + distilled", "pattern": pattern, "target": float(target),
-                     "ratio_a": results["sparsity_ratios"]["elementwise_over_matmul_gemm_conv"],
-                     "accuracy": acc, "relative_drop": (acc - base) / base, "minutes": seconds / 60})  # fmt: skip
+        row = {"run": "pruned + distilled", "pattern": pattern, "target": float(target),
+               "ratio_a": results["sparsity_ratios"]["elementwise_over_matmul_gemm_conv"],
+               "accuracy": acc, "relative_drop": (acc - base) / base, "minutes": seconds / 60}  # fmt: skip
+        if "slim" in results:
+            slim = results["slim"]
+            row["slim_params"] = slim["parameters_after"] / slim["parameters_before"]
+            row["slim_accuracy"] = slim["metrics"]["accuracy"]
+            row["slim_speedup"] = eval_speedup(work / "dense", work / name, dev_csv, args.max_seq_length)
+        rows.append(row)
     (work / "quality.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print_table(rows, args)
     print(f"total {(time.perf_counter() - t0) / 60:.1f} min; data, models and quality.json in {work}")
@@ -259,16 +343,27 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     """Print dense vs pruned accuracy with the relative drop and the time each run took."""
     from tabulate import tabulate
 
+    def slimmed(r: dict[str, Any]) -> list[str]:
+        if "slim_params" not in r:
+            return ["-", "-", "-"]
+        return [f"{r['slim_params']:.2f}", f"{r['slim_accuracy']:.4f}", f"{r['slim_speedup']:.2f}x"]
+
     table = [[r["run"], r["pattern"], f"{r['target']:.2f}", f"{r['ratio_a']:.4f}", f"{r['accuracy']:.4f}",
-              f"{100 * r['relative_drop']:+.2f}%", f"{r['minutes']:.1f}"] for r in rows]  # fmt: skip
+              f"{100 * r['relative_drop']:+.2f}%", *slimmed(r), f"{r['minutes']:.1f}"] for r in rows]  # fmt: skip
     print()
     print(
         f"all-MiniLM-L6-v2, docstring -> library (7 classes), {args.max_train_samples} train texts, "
         f"dense {args.epochs:g} epochs, pruned {args.sparse_epochs:g} epochs ({args.cooldown_epochs:g} cooldown), "
         f"{args.threads} CPU threads"
     )
-    print(tabulate(table, headers=["run", "pattern", "target", "ratio (a)", "accuracy", "relative drop", "minutes"],
-                   disable_numparse=True))  # fmt: skip
+    headers = ["run", "pattern", "target", "ratio (a)", "accuracy", "relative drop", "slim params", "slim accuracy",
+               "slim speedup", "minutes"]  # fmt: skip
+    print(tabulate(table, headers=headers, disable_numparse=True))
+    if any("slim_params" in r for r in rows):
+        print(
+            "slim params: parameters after --slim / before; slim accuracy: the slimmed model's; slim speedup: "
+            f"dense / slimmed time to classify the dev set (batches of 64, {args.threads} threads)"
+        )
 
 
 if __name__ == "__main__":

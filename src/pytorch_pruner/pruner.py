@@ -14,7 +14,7 @@ import torch
 
 from .config import PrunerSettings
 from .criteria import ScoreSlot
-from .selection import LayerUnits, select
+from .selection import _EPS, LayerUnits, select
 from .targets import Target
 
 __all__ = ["MaskedLayer", "Pruner"]
@@ -89,8 +89,8 @@ class Pruner:
             return []
         counts = [(layer.name, self.pattern.num_units(*layer.target.shape2d)) for layer in self.layers]
         if self.settings.prune_domain == "local":
-            return [(name, n) for name, n in counts if math.floor(target * n + 1e-6) == 0]
-        return counts if math.floor(target * sum(n for _, n in counts) + 1e-6) == 0 else []
+            return [(name, n) for name, n in counts if math.floor(target * n + _EPS) == 0]
+        return counts if math.floor(target * sum(n for _, n in counts) + _EPS) == 0 else []
 
     # -- per step --------------------------------------------------------------------------
     def wants_scores(self, step: int) -> bool:
