@@ -10,6 +10,11 @@ runs after warm-up, and speedup = median over runs of dense time / slimmed time.
 (dense / slimmed operations of a forward, counted by ``torch.utils.flop_counter``) is the speedup
 that the removed work alone would give.
 
+CSR part: the same encoders pruned 4x1 (every encoder Linear layer to the same sparsity) and
+exported with :func:`pytorch_pruner.speed.to_sparse_csr_`, which converts a layer to a CSR sparse
+product only where its timing at export (on batch x seq tokens) is faster; whole-model time against
+the dense model, as above.
+
 GPU part (when a GPU with 2:4 kernels is there): for the Linear shapes of these models and a few
 large ones, dense ``F.linear`` vs the semi-structured sparse weight, float16, at batch x seq tokens.
 
@@ -39,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from transformers import BertConfig, BertModel
 
 from pytorch_pruner import prune_
-from pytorch_pruner.speed import semi_structured_support, slim_, time_linear
+from pytorch_pruner.speed import semi_structured_support, slim_, time_linear, to_sparse_csr_
 
 MODELS: dict[str, dict[str, int]] = {
     "mini": {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024},
@@ -145,6 +150,33 @@ def cpu_table(args: argparse.Namespace) -> list[list[object]]:
     return rows
 
 
+def csr_table(args: argparse.Namespace) -> list[list[object]]:
+    """Dense vs the same model pruned 4x1 (every encoder Linear, local) and exported with
+    ``to_sparse_csr_``, timed per layer at export on this batch's token count."""
+    rows: list[list[object]] = []
+    for name in args.models:
+        dense = build(name)
+        for sparsity in args.csr:
+            masked = copy.deepcopy(dense)
+            config = {"names": ["encoder"], "pattern": "4x1", "target_sparsity": sparsity, "prune_domain": "local"}
+            prune_(masked, config)
+            for batch in args.batch:
+                ids = torch.randint(0, 30522, (batch, args.seq), generator=torch.Generator().manual_seed(batch))
+                sparse = copy.deepcopy(masked)
+                report = to_sparse_csr_(sparse, names=["encoder"], tokens=batch * args.seq)
+                repeats = args.repeats if batch < 8 else max(5, args.repeats // 3)
+                with torch.inference_mode():
+                    error = float((masked(ids).last_hidden_state - sparse(ids).last_hidden_state).abs().max())
+                    runs = [lambda m=dense, ids=ids: m(ids), lambda m=sparse, ids=ids: m(ids)]
+                    (base, fast), speedup = paired_medians(runs, repeats)
+                rows.append([
+                    name, f"4x1 {sparsity:.0%}", batch, f"{len(report.converted)}/{len(report.layers)}",
+                    f"{base * 1e3:.1f}", f"{fast * 1e3:.1f}", f"{speedup:.2f}x", f"{error:.1e}",
+                ])  # fmt: skip
+                print(" | ".join(map(str, rows[-1])), flush=True)
+    return rows
+
+
 def gpu_table(args: argparse.Namespace) -> list[list[object]]:
     shapes = sorted({(1024, 256), (256, 1024), (1536, 384), (384, 1536), (3072, 768), (768, 3072),
                      (4096, 4096), (11008, 4096), (4096, 11008), (8192, 8192)})  # fmt: skip
@@ -173,6 +205,9 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also time both models compiled by torch.compile (inductor)"
     )
+    parser.add_argument(
+        "--csr", nargs="*", type=float, default=[0.8, 0.9, 0.95], help="4x1 sparsities of the CSR part (none: skip)"
+    )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU part")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -190,6 +225,10 @@ def main() -> None:
         headers += ["compiled speedup"] if args.compile else []
         rows = cpu_table(args)
         print(tabulate(rows, headers=headers, tablefmt="github"))
+    if not args.no_cpu and args.csr:
+        print("\nCSR export (to_sparse_csr_): dense vs 4x1-pruned, layers converted where timed faster")
+        headers = ["model", "pruned", "batch", "layers CSR", "dense ms", "sparse ms", "speedup", "max |diff|"]
+        print(tabulate(csr_table(args), headers=headers, tablefmt="github"))
     why_not = semi_structured_support()
     if why_not is None:
         print(f"\nGPU: {torch.cuda.get_device_name()}, float16, dense vs 2:4 semi-structured F.linear")

@@ -4,7 +4,9 @@
   same outputs (BERT-style encoders, ``nn.Sequential`` CNNs / MLPs); :func:`load_slimmed` loads a
   slimmed transformers model saved with ``save_pretrained``.
 * :func:`to_semi_structured_` stores 2:4-pruned Linear weights in PyTorch's semi-structured sparse
-  format, per layer, where a timing at export shows it is faster.
+  format, per layer, where a timing at export shows it is faster (NVIDIA GPU).
+* :func:`to_sparse_csr_` runs very sparse Linear layers (any pattern, about 90% and up) as CSR
+  sparse products on the CPU, per layer, where a timing at export shows it is faster.
 """
 
 from __future__ import annotations
@@ -13,14 +15,17 @@ from .bert import find_bert_layers, load_slimmed, slim_bert_
 from .semi_structured import (
     LayerDecision,
     SemiStructuredReport,
+    SparseExportReport,
     check_2to4,
     choose_layers,
+    matching_linears,
     select_faster,
     semi_structured_support,
     time_linear,
     to_semi_structured_,
 )
 from .slim import SlimmedLayer, SlimmingError, SlimReport, slim_, slim_sequential_
+from .sparse_cpu import SparseLinear, time_sparse_linear, to_sparse_csr_
 
 __all__ = [
     "LayerDecision",
@@ -28,15 +33,20 @@ __all__ = [
     "SlimReport",
     "SlimmedLayer",
     "SlimmingError",
+    "SparseExportReport",
+    "SparseLinear",
     "check_2to4",
     "choose_layers",
     "find_bert_layers",
     "load_slimmed",
+    "matching_linears",
     "select_faster",
     "semi_structured_support",
     "slim_",
     "slim_bert_",
     "slim_sequential_",
     "time_linear",
+    "time_sparse_linear",
     "to_semi_structured_",
+    "to_sparse_csr_",
 ]

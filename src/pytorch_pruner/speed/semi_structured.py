@@ -30,8 +30,10 @@ from ..targets import unwrap_model
 __all__ = [
     "LayerDecision",
     "SemiStructuredReport",
+    "SparseExportReport",
     "check_2to4",
     "choose_layers",
+    "matching_linears",
     "select_faster",
     "semi_structured_support",
     "time_linear",
@@ -117,10 +119,12 @@ class LayerDecision:
 
 
 @dataclass
-class SemiStructuredReport:
-    """Per-layer decisions of :func:`to_semi_structured_`."""
+class SparseExportReport:
+    """Per-layer decisions of :func:`to_semi_structured_` and :func:`~pytorch_pruner.speed.to_sparse_csr_`."""
 
     layers: list[LayerDecision] = field(default_factory=list)
+    #: what a converted layer is called in the text
+    label: str = "2:4 sparse"
 
     @property
     def converted(self) -> list[str]:
@@ -131,10 +135,37 @@ class SemiStructuredReport:
             return "-" if x is None else f"{x:.3f}"
 
         return "\n".join(
-            f"{d.name} {list(d.shape)}: {'2:4 sparse' if d.converted else 'dense'} "
+            f"{d.name} {list(d.shape)}: {self.label if d.converted else 'dense'} "
             f"(dense {ms(d.dense_ms)} ms, sparse {ms(d.sparse_ms)} ms; {d.reason})"
             for d in self.layers
         )
+
+
+#: The earlier name of :class:`SparseExportReport`.
+SemiStructuredReport = SparseExportReport
+
+
+def matching_linears(model: nn.Module, names: Sequence[str] | None) -> list[tuple[str, nn.Linear]]:
+    """``(name, layer)`` of the Linear layers of *model* (unwrapped from torch.compile / DDP) whose
+    name matches one of the regexes *names* (``re.search``); all of them when *names* is None.
+
+    Raises:
+        ValueError: *names* match no Linear layer; the message lists the layer names.
+    """
+    model = unwrap_model(model)  # layer names as in the plain model, as Pruning names them
+    patterns = [re.compile(p) for p in names] if names is not None else None
+    found = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Linear) and (patterns is None or any(p.search(name) for p in patterns))
+    ]
+    if patterns is not None and not found:
+        linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+        raise ValueError(
+            f"names {list(names or ())} match no Linear layer of {type(model).__name__}; they are regexes "
+            f"searched in the layer names, which are: {linear}"
+        )
+    return found
 
 
 def choose_layers(
@@ -149,19 +180,13 @@ def choose_layers(
         PatternError: a layer matched by *names* is not 2:4 sparse.
         ValueError: *names* match no Linear layer.
     """
-    model = unwrap_model(model)  # layer names as in the plain model, as Pruning names them
-    patterns = [re.compile(p) for p in names] if names is not None else None
     decisions = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Linear):
-            continue
-        if patterns is not None and not any(p.search(name) for p in patterns):
-            continue
+    for name, module in matching_linears(model, names):
         shape = (module.out_features, module.in_features)
         try:
             check_2to4(module.weight, name)
         except PatternError as err:
-            if patterns is not None:
+            if names is not None:
                 raise
             decisions.append(LayerDecision(name, shape, False, f"not 2:4 sparse: {err}"))
             continue
@@ -176,12 +201,6 @@ def choose_layers(
             decisions.append(LayerDecision(name, shape, False, reason))
             continue
         decisions.append(LayerDecision(name, shape, True, "2:4 sparse"))
-    if patterns is not None and not decisions:
-        linear = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-        raise ValueError(
-            f"names {list(names or ())} match no Linear layer of {type(model).__name__}; they are regexes "
-            f"searched in the layer names, which are: {linear}"
-        )
     return decisions
 
 
@@ -241,7 +260,7 @@ def to_semi_structured_(
     tokens: int = 2048,
     min_speedup: float = 1.05,
     timer: Callable[[nn.Linear, int], tuple[float, float]] = time_linear,
-) -> SemiStructuredReport:
+) -> SparseExportReport:
     """Store the 2:4-sparse Linear weights of *model* in semi-structured format where it is faster.
 
     The model must already be on the GPU in float16 or bfloat16 (``model.cuda().half()``), for
@@ -255,7 +274,7 @@ def to_semi_structured_(
         timer: measures ``(dense_ms, sparse_ms)`` of one layer; :func:`time_linear` by default.
 
     Returns:
-        A :class:`SemiStructuredReport` with the decision, timings and reason for every layer.
+        A :class:`SparseExportReport` with the decision, timings and reason for every layer.
 
     Raises:
         PatternError: a layer named by *names* is not 2:4 sparse (checked before anything else).
@@ -269,7 +288,7 @@ def to_semi_structured_(
     why_not = semi_structured_support(param.device if param is not None else None)
     if why_not is not None:
         warnings.warn(f"to_semi_structured_: {why_not}; the model is left unchanged", stacklevel=2)
-        return SemiStructuredReport([replace(d, reason=f"{d.reason}; not exported: {why_not}") for d in decisions])
+        return SparseExportReport([replace(d, reason=f"{d.reason}; not exported: {why_not}") for d in decisions])
     modules = dict(model.named_modules())
     # a layer left on another device (CPU offload, a second GPU without 2:4 kernels) stays dense
     decisions = [_on_supported_device(d, modules[d.name]) for d in decisions]
@@ -280,4 +299,4 @@ def to_semi_structured_(
             module = modules[d.name]
             sparse = torch.sparse.to_sparse_semi_structured(module.weight.detach())
             module.weight = nn.Parameter(sparse, requires_grad=False)
-    return SemiStructuredReport(decisions)
+    return SparseExportReport(decisions)
