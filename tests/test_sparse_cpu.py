@@ -28,7 +28,9 @@ def test_sparse_linear_matches_the_dense_layer(bias: bool, dtype: torch.dtype) -
     for shape in [(5, 64), (2, 7, 64), (64,)]:
         x = torch.randn(*shape, dtype=dtype)
         with torch.no_grad():
-            torch.testing.assert_close(sparse(x), dense(x))
+            out = sparse(x)
+            torch.testing.assert_close(out, dense(x))
+        assert out.is_contiguous()  # row-major like a dense Linear's, for the layers after it
     back = sparse.to_linear()
     assert torch.equal(back.weight, dense.weight) and back.weight.dtype == dtype
     assert (back.bias is None) == (not bias) and (not bias or torch.equal(back.bias, dense.bias))

@@ -75,7 +75,8 @@ class SparseLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         rows = x.reshape(-1, self.in_features).t()
         out = torch.sparse.mm(self.weight, rows) if self.bias is None else torch.addmm(self.bias, self.weight, rows)
-        return out.t().reshape(*x.shape[:-1], self.out_features)
+        # one copy back to row-major: the layers after it (and the timing at export) see what a dense Linear gives
+        return out.t().contiguous().view(*x.shape[:-1], self.out_features)
 
     def to_linear(self) -> nn.Linear:
         """An ordinary :class:`~torch.nn.Linear` with the same weights."""
