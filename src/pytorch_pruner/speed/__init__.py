@@ -1,4 +1,4 @@
-"""Turn sparsity into speed: structured slimming (any CPU) and 2:4 semi-structured export (GPU).
+"""Turn sparsity into speed: structured slimming (any device), 2:4 semi-structured export (GPU) and CSR export (CPU).
 
 * :func:`slim_` removes pruned neurons, channels and heads, leaving a smaller dense model with the
   same outputs (BERT-style encoders, ``nn.Sequential`` CNNs / MLPs); :func:`load_slimmed` loads a
