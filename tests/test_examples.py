@@ -242,6 +242,22 @@ def test_glue_slim_saves_a_smaller_model_with_the_same_predictions(
     assert float((preds == labels).float().mean()) == pytest.approx(slim["metrics"]["accuracy"])
 
 
+def test_glue_slim_warns_when_nothing_can_go(
+    glue: ModuleType, tiny_model: Path, glue_files: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = work / "sst2_slim_2in4"  # 2:4 zeros no whole neuron or head
+    results = glue.main(_glue_args(
+        tiny_model, glue_files["sst2_train"], glue_files["sst2_dev"], out, "--max_train_steps", "2",
+        "--pruning_config", str(EXAMPLES / "bert_mini_sst2_2in4.yaml"), "--do_prune", "--slim",
+    ))  # fmt: skip
+    assert results["sparsity_ratios"]["blockwise_over_matmul_gemm_conv"] == pytest.approx(0.5)  # pruned, 2:4
+    assert results["slim"]["units_removed"] == 0
+    assert results["slim"]["parameters_after"] == results["slim"]["parameters_before"]
+    assert (
+        "warning: --slim found nothing to remove; prune layer.N.output.dense with channelx1" in capsys.readouterr().err
+    )
+
+
 @pytest.fixture(scope="module")
 def sst2_dense(glue: ModuleType, tiny_model: Path, glue_files: dict[str, Path], work: Path) -> dict[str, Any]:
     out = work / "sst2_dense"

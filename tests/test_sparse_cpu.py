@@ -98,6 +98,9 @@ def test_what_is_not_converted_says_why() -> None:
         "dtype torch.float16: the sparse CPU kernels take float32/float64"
     )
     assert isinstance(half[0], nn.Linear)
+    elsewhere = nn.Sequential(nn.Linear(64, 32, device="meta"))  # as a GPU layer would be: not on the CPU
+    (decision,) = to_sparse_csr_(elsewhere, timer=lambda layer, tokens: (2.0, 1.0)).layers
+    assert not decision.eligible and decision.reason.startswith("on meta: CSR export is for CPU inference")
     with pytest.raises(ValueError, match=r"names \['decoder'\] match no Linear layer .* which are: \['0'\]"):
         to_sparse_csr_(half, names=["decoder"])
 
