@@ -200,8 +200,8 @@ def export_and_time(
     alternation, *rounds* times, with ``export_threads`` torch threads.
 
     Returns:
-        ``export`` (what was done), ``params`` (parameters left / dense), ``accuracy`` (of the
-        exported model) and ``speedup`` (median of dense / exported time).
+        ``export`` (what was done), ``params`` (stored weights / dense), ``accuracy_exported`` (of
+        the exported model) and ``speedup`` (median of dense / exported time).
     """
     import torch
     from inference import paired_medians  # benchmarks/inference.py
