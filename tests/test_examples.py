@@ -11,12 +11,17 @@ import importlib.util
 import json
 import random
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
+
+from pytorch_pruner import Pruning
+
+from .conftest import make_bert_mini
 
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tqdm")
@@ -355,6 +360,18 @@ def test_glue_rejects_bad_data_files(glue: ModuleType, tiny_model: Path, work: P
     dev.write_text("sentence,label\ngood movie,neutral\n")
     with pytest.raises(ValueError, match=r"labels \['neutral'\] never occur in the training file"):
         glue.main([*base, "--train_file", str(train), "--validation_file", str(dev)])
+
+
+@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_fit_bert_mini(path: Path) -> None:
+    """Each shipped config selects BERT-mini's encoder layers and no pruner is left without a unit."""
+    pruning = Pruning(str(path))
+    pruning.update_items_for_all_pruners(start_step=1, end_step=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no pruner without layers, no target that rounds to nothing
+        pruning.on_train_begin(make_bert_mini())
+    assert all(p.layers and not p.skipped for p in pruning.pruners)
+    assert all(".encoder." in layer.name for p in pruning.pruners for layer in p.layers)
 
 
 # -- SQuAD ----------------------------------------------------------------------------------------
