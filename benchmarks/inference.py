@@ -124,6 +124,21 @@ def compiled_speedup(dense: nn.Module, slim: nn.Module, ids: torch.Tensor, repea
     return speedup
 
 
+def inputs(batch: int, seq: int) -> torch.Tensor:
+    """Random token ids, the same for a given batch size in every table."""
+    return torch.randint(0, 30522, (batch, seq), generator=torch.Generator().manual_seed(batch))
+
+
+def compare(
+    dense: nn.Module, masked: nn.Module, fast: nn.Module, ids: torch.Tensor, repeats: int
+) -> tuple[float, float, float, float]:
+    """(max |masked - fast| output difference, dense median s, fast median s, paired speedup)."""
+    with torch.inference_mode():
+        error = float((masked(ids).last_hidden_state - fast(ids).last_hidden_state).abs().max())
+        (base, quick), speedup = paired_medians([lambda: dense(ids), lambda: fast(ids)], repeats)
+    return error, base, quick, speedup
+
+
 def cpu_table(args: argparse.Namespace) -> list[list[object]]:
     rows: list[list[object]] = []
     for name in args.models:
@@ -133,12 +148,9 @@ def cpu_table(args: argparse.Namespace) -> list[list[object]]:
                 masked, slim = pruned_and_slimmed(dense, ffn, heads)
                 params = sum(p.numel() for p in slim.encoder.parameters()) / 1e6
                 for batch in args.batch:
-                    ids = torch.randint(0, 30522, (batch, args.seq), generator=torch.Generator().manual_seed(batch))
+                    ids = inputs(batch, args.seq)
                     repeats = args.repeats if batch < 8 else max(5, args.repeats // 3)
-                    with torch.inference_mode():
-                        error = float((masked(ids).last_hidden_state - slim(ids).last_hidden_state).abs().max())
-                        runs = [lambda m=dense, ids=ids: m(ids), lambda m=slim, ids=ids: m(ids)]
-                        (base, fast), speedup = paired_medians(runs, repeats)
+                    error, base, fast, speedup = compare(dense, masked, slim, ids, repeats)
                     rows.append([
                         name, f"{ffn:.0%}", f"{heads:.0%}", batch, f"{params:.2f}", f"{base * 1e3:.1f}",
                         f"{fast * 1e3:.1f}", f"{batch / fast:.1f}", f"{speedup:.2f}x",
@@ -161,14 +173,10 @@ def csr_table(args: argparse.Namespace) -> list[list[object]]:
             config = {"names": ["encoder"], "pattern": "4x1", "target_sparsity": sparsity, "prune_domain": "local"}
             prune_(masked, config)
             for batch in args.batch:
-                ids = torch.randint(0, 30522, (batch, args.seq), generator=torch.Generator().manual_seed(batch))
                 sparse = copy.deepcopy(masked)
                 report = to_sparse_csr_(sparse, names=["encoder"], tokens=batch * args.seq)
                 repeats = args.repeats if batch < 8 else max(5, args.repeats // 3)
-                with torch.inference_mode():
-                    error = float((masked(ids).last_hidden_state - sparse(ids).last_hidden_state).abs().max())
-                    runs = [lambda m=dense, ids=ids: m(ids), lambda m=sparse, ids=ids: m(ids)]
-                    (base, fast), speedup = paired_medians(runs, repeats)
+                error, base, fast, speedup = compare(dense, masked, sparse, inputs(batch, args.seq), repeats)
                 rows.append([
                     name, f"4x1 {sparsity:.0%}", batch, f"{len(report.converted)}/{len(report.layers)}",
                     f"{base * 1e3:.1f}", f"{fast * 1e3:.1f}", f"{speedup:.2f}x", f"{error:.1e}",
