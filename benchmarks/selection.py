@@ -1,40 +1,88 @@
-"""Time of a global mask update (ranking + cap) for 1M, 10M and 100M block scores on CPU.
+"""Time and temporary memory of a global mask update (ranking + cap) on CPU, in one process or over
+2 gloo processes that each hold half of every layer's block scores (as FSDP2's shards).
 
 The scores are split over 12 layers of equal size (like a transformer's Linear layers); the
 target is 0.9 with a per-layer cap of 0.95 and one layer scored low so the cap binds and the
-budget is redistributed (the slow path). Prints the median of several runs per size.
+budget is redistributed (the slow path). Each size runs in fresh processes; "temp" is the peak
+resident memory during selection beyond the scores and the resulting masks, per process.
+Prints the median of several runs per size.
 
-    python benchmarks/selection.py [--sizes 1e6 1e7 1e8] [--repeats 3]
+    python benchmarks/selection.py [--sizes 1e6 1e7 1e8] [--repeats 3] [--world 1 2]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import resource
 import statistics
+import tempfile
 import time
 
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from tabulate import tabulate
 
 from pytorch_pruner.selection import LayerUnits, select
 
 
-def time_select(total: int, layers: int, repeats: int, domain: str) -> tuple[float, int]:
-    generator = torch.Generator().manual_seed(0)
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _run(rank: int, world: int, total: int, layers: int, repeats: int, domain: str, store: str, out: str) -> None:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // world))
+    comm = None
+    if world > 1:
+        from pytorch_pruner.distributed import ProcessGroupComm
+
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+        comm = ProcessGroupComm()
+    generator = torch.Generator().manual_seed(rank)
     size = total // layers
+    local = size // world
     units = []
     for i in range(layers):
-        scores = torch.rand(size, generator=generator)
+        scores = torch.rand(local, generator=generator)
         if i == 0:
             scores *= 0.01  # ranked first everywhere: the cap has to bind and redistribute
-        units.append(LayerUnits(scores, unit_elements=4, numel=4 * size, max_sparsity=0.95))
-    times = []
+        units.append(LayerUnits(scores, 4, 4 * local * world, max_sparsity=0.95, total_units=local * world))
+    base = _rss()
+    times, cpu = [], []
     for _ in range(repeats):
-        start = time.perf_counter()
-        chosen = select(units, 0.9, domain)
+        start, start_cpu = time.perf_counter(), time.process_time()
+        chosen = select(units, 0.9, domain, comm=comm)
         times.append(time.perf_counter() - start)
-    pruned = sum(int(c.sum()) for c in chosen)
-    return statistics.median(times), pruned
+        cpu.append(time.process_time() - start_cpu)
+        if _ == 0:
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            temp = max(0, peak - base - sum(c.numel() for c in chosen))
+        pruned = sum(int(c.sum()) for c in chosen)
+        del chosen
+    torch.save({"time": times, "cpu": cpu, "temp": temp, "pruned": pruned, "local": local * layers}, f"{out}.{rank}")
+    if world > 1:
+        dist.destroy_process_group()
+
+
+def measure(world: int, total: int, layers: int, repeats: int, domain: str) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result")
+        mp.start_processes(
+            _run,
+            args=(world, total, layers, repeats, domain, os.path.join(tmp, "store"), out),
+            nprocs=world,
+            start_method="spawn",
+        )
+        results = [torch.load(f"{out}.{rank}") for rank in range(world)]
+    pruned = results[0]["pruned"] if world == 1 else sum(r["pruned"] for r in results)
+    return {
+        "time": statistics.median(max(r["time"][i] for r in results) for i in range(repeats)),
+        "cpu": statistics.median(max(r["cpu"][i] for r in results) for i in range(repeats)),
+        "temp": max(r["temp"] / (4 * r["local"]) for r in results),
+        "pruned": pruned,
+    }
 
 
 def main() -> None:
@@ -42,17 +90,31 @@ def main() -> None:
     parser.add_argument("--sizes", type=float, nargs="+", default=[1e6, 1e7, 1e8])
     parser.add_argument("--layers", type=int, default=12)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--world", type=int, nargs="+", default=[1, 2], help="process counts to run")
+    parser.add_argument("--domains", nargs="+", default=["global", "local"])
     args = parser.parse_args()
     rows = []
     for total in (int(s) for s in args.sizes):
-        for domain in ("global", "local"):
-            seconds, pruned = time_select(total, args.layers, args.repeats, domain)
-            rows.append([f"{total:,}", domain, f"{seconds * 1e3:,.1f} ms", f"{pruned / total:.4f}"])
+        for world in args.world:
+            for domain in args.domains:
+                r = measure(world, total, args.layers, args.repeats, domain)
+                rows.append(
+                    [
+                        f"{total:,}",
+                        world,
+                        domain,
+                        f"{r['time']:,.2f} s",
+                        f"{r['cpu']:,.2f} s",
+                        f"{100 * r['temp']:.1f}%",
+                        f"{r['pruned'] / (total // args.layers // world * world * args.layers):.4f}",
+                    ]
+                )
     print(
         f"mask selection, {args.layers} layers, target 0.9, cap 0.95 binding on one layer; "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads per process, {os.cpu_count()} CPUs"
     )
-    print(tabulate(rows, headers=["block scores", "domain", "median time", "pruned fraction"]))
+    headers = ["block scores", "processes", "domain", "median time", "CPU time", "temp / scores", "pruned"]
+    print(tabulate(rows, headers=headers))
 
 
 if __name__ == "__main__":

@@ -140,3 +140,77 @@ def test_kth_smallest_of_several_tensors_equals_that_of_their_concatenation() ->
     parts = [torch.rand(n, generator=g) for n in (400_000, 3, 0, 250_000)]
     for k in (1, 7, 325_000, 650_003):
         assert kth_smallest(parts, k) == torch.kthvalue(torch.cat(parts), k).values
+
+
+def test_floor_and_cap_together_reach_a_reachable_target() -> None:
+    # issue 9: 3 layers of 100, cap 0.6, floor 0.45, target 0.58 gave 0.55 (174 reachable: 60+60+54)
+    g = torch.Generator().manual_seed(0)
+    low, mid, high = (torch.rand(100, generator=g) for _ in range(3))
+    scores = [low * 0.01, 0.01 + mid * 0.1, 1 + high]  # ranked: all of low, then mid, then high
+    layers = [LayerUnits(s, 1, 100, max_sparsity=0.6, min_sparsity=0.45) for s in scores]
+    assert counts(select(layers, 0.58, "global")) == [60, 60, 54]
+    without_floor = [LayerUnits(s, 1, 100, max_sparsity=0.6) for s in scores]
+    assert sum(counts(select(without_floor, 0.58, "global"))) == 174
+
+
+def brute_force(layers: list[LayerUnits], s: float) -> tuple[list[int], list[list[bool]]]:
+    """Every count vector within the bounds that sums to the budget (or, floors over budget, within
+    the floors); each layer prunes its lowest units; the best prunes the lowest set, compared as
+    sum(2**rank) over one total order (score, layer, index): unique, and what a greedy walk picks."""
+    import itertools
+
+    flat = sorted((float(v), li, j) for li, layer in enumerate(layers) for j, v in enumerate(layer.scores.tolist()))
+    rank = {(li, j): r for r, (_, li, j) in enumerate(flat)}
+    own = [sorted(range(layer.scores.numel()), key=lambda j, li=li: rank[(li, j)]) for li, layer in enumerate(layers)]
+    k = math.floor(s * sum(layer.numel for layer in layers) + 1e-6) // layers[0].unit_elements
+    lo, hi = zip(*(layer.bounds(s) for layer in layers), strict=True)
+    if k <= sum(lo):
+        lo, hi = (0,) * len(layers), lo
+    k = min(k, sum(hi))
+    best, best_cost = None, None
+    for c in itertools.product(*(range(a, b + 1) for a, b in zip(lo, hi, strict=True))):
+        if sum(c) != k:
+            continue
+        cost = sum(1 << rank[(li, j)] for li in range(len(layers)) for j in own[li][: c[li]])
+        if best_cost is None or cost < best_cost:
+            best, best_cost = c, cost
+    assert best is not None
+    masks = [[j in set(own[li][: best[li]]) for j in range(layer.scores.numel())] for li, layer in enumerate(layers)]
+    return list(best), masks
+
+
+def random_case(seed: int) -> tuple[list[LayerUnits], float]:
+    g = torch.Generator().manual_seed(seed)
+    rnd = lambda: float(torch.rand(1, generator=g))  # noqa: E731
+    size = int(torch.randint(1, 3, (1,), generator=g))
+    layers = []
+    for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
+        n = int(torch.randint(1, 8, (1,), generator=g))
+        scores = torch.randint(0, 4, (n,), generator=g).float() if rnd() < 0.5 else torch.rand(n, generator=g)
+        cap = 1.0 if rnd() < 0.3 else rnd()
+        floor = 0.0 if rnd() < 0.3 else rnd() * 0.8
+        layers.append(LayerUnits(scores, size, n * size, max_sparsity=cap, min_sparsity=floor))
+    return layers, round(rnd(), 3)
+
+
+@pytest.mark.parametrize("path", ["direct", "sampled"])
+def test_global_selection_with_random_caps_and_floors_matches_brute_force(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pytorch_pruner import selection
+
+    if path == "sampled":  # the large-input machinery on small inputs: sample, chunks, rescans, misses
+        monkeypatch.setattr(selection, "_DIRECT", 0)
+        monkeypatch.setattr(selection, "_SAMPLE", 4)
+        monkeypatch.setattr(selection, "_CHUNK", 3)
+        monkeypatch.setattr(selection, "_BAND_SHARE", 0.0)
+    for seed in range(200):
+        layers, s = random_case(seed)
+        want_counts, want_masks = brute_force(layers, s)
+        chosen = select(layers, s, "global")
+        assert counts(chosen) == want_counts, (seed, s, layers)
+        assert [c.tolist() for c in chosen] == want_masks, seed
+        lo, hi = zip(*(layer.bounds(s) for layer in layers), strict=True)
+        k = math.floor(s * sum(layer.numel for layer in layers) + 1e-6) // layers[0].unit_elements
+        if sum(lo) <= k:  # reachable: the total is the target, clipped by the caps
+            assert sum(want_counts) == min(k, sum(hi))

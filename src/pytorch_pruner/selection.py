@@ -7,42 +7,82 @@ pruned unit zeroes, its number of weights, and its per-layer cap and floor (as s
 * ``global``: one ranking over every unit of every layer. The prunable budget is
   ``floor(s * total weights)``; walking the ranking from the lowest score, whole units are pruned
   while they fit in it. With equal-size units this is exactly ``k = floor(s * total units)``.
-* Cap: a layer that the global choice puts above its cap is fixed at the cap and the budget it
-  could not take is re-ranked over the other layers, until nothing changes, so the total still
-  reaches the target. Floors work the same way from below (best effort).
+* Cap and floor: each layer prunes between ``lo`` (its floor, in units) and ``hi`` (its cap)
+  units. The floor's units are taken first (each layer's ``lo`` lowest); the rest of the budget
+  goes down one ranking of every unit that is above its layer's floor and below its cap. So the
+  budget a capped layer cannot take flows to every layer below its cap, floor-held ones included,
+  and the total reaches every reachable target (SPEC §5, §10). Floors are best effort: when they
+  alone exceed the budget, the budget goes down the ranking of the floors' units.
 * Ties are broken by position (earlier layer, lower index first): exactly k units, always.
 
-Equal-size units (every NxM and N:M case) use a k-th value threshold, which is linear time; mixed
-sizes (channel patterns across layers of different shapes) sort the ranking once.
+A domain is one function ``(layers, sparsity, comm) -> masks`` in :data:`DOMAINS`.
+
+Equal-size units (every NxM and N:M case) never sort or concatenate the scores: a fixed-seed
+sample brackets the cut, one chunked counting pass keeps only the scores inside the bracket, and
+a few histograms over those find the exact cut; its ties are split by position. That is linear
+time with temporary memory of a few percent of the scores, and it runs the same over the shards
+of several ranks (``comm``, see :mod:`pytorch_pruner.distributed`): the ranks exchange only
+counts, histograms and the sample. Mixed sizes (channel patterns across layers of different
+shapes) sort the ranking once; their unit counts are small.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import struct
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
-__all__ = ["LayerUnits", "kth_smallest", "lowest_k", "select"]
+__all__ = ["DOMAINS", "Comm", "LayerUnits", "kth_smallest", "lowest_k", "select"]
 
 _EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
+_SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
+_DIRECT = 1 << 18  # below this many units no sample: the histograms start from the full range
+_CHUNK = 1 << 20  # elements per pass step: bounds the temporaries (bool masks) to a few MB
+_BAND_SHARE = 1 / 32  # most scores kept between passes, as a share of all (else: rescan)
+
+
+class Comm:
+    """The ranks that selection counts over: one process here; :mod:`pytorch_pruner.distributed`
+    implements it over a ``torch.distributed`` group. Every rank must make the same calls in the
+    same order (selection's decisions depend only on reduced values, so they do)."""
+
+    rank = 0
+    world = 1
+
+    def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Sum *tensor* over the ranks in place and return it."""
+        return tensor
+
+
+_LOCAL = Comm()
 
 
 @dataclass(frozen=True)
 class LayerUnits:
-    """What selection needs to know of one layer."""
+    """What selection needs to know of one layer.
+
+    Under sharding, ``scores`` are this rank's units only (a contiguous run; rank r's come before
+    rank r+1's) and ``total_units`` is the layer's count over all ranks; ``numel`` is always the
+    whole layer's.
+    """
 
     scores: torch.Tensor  # 1-D, one per unit
     unit_elements: int  # weights zeroed by pruning one unit
     numel: int  # weights in the layer
     max_sparsity: float = 1.0
     min_sparsity: float = 0.0
+    total_units: int | None = None  # over all ranks; None: scores.numel()
+
+    @property
+    def units(self) -> int:
+        return self.scores.numel() if self.total_units is None else self.total_units
 
     def units_for(self, sparsity: float) -> int:
         """Most units whose pruning keeps the layer at or below *sparsity*."""
-        units = self.scores.numel()
-        return min(units, math.floor(sparsity * self.numel / self.unit_elements + _EPS))
+        return min(self.units, math.floor(sparsity * self.numel / self.unit_elements + _EPS))
 
     def bounds(self, sparsity: float) -> tuple[int, int]:
         """(floor, cap) in units at a step whose sparsity is *sparsity*."""
@@ -52,69 +92,381 @@ class LayerUnits:
         return min(max(lo, 0), hi), hi
 
 
-_SAMPLE = 1 << 16  # sample size for the k-th value search on large inputs
+# -- the exact cut over many scores, from counts only -------------------------------------------
+def _key(x: torch.Tensor) -> torch.Tensor:
+    """int64 keys ordered as the float32 values (-0.0 and 0.0 share one, as they compare equal)."""
+    bits = (x + 0.0).view(torch.int32).to(torch.int64)
+    return torch.where(bits < 0, -(bits & 0x7FFFFFFF) - 1, bits)
 
 
-def kth_smallest(x: torch.Tensor | Sequence[torch.Tensor], k: int) -> torch.Tensor:
-    """The exact k-th smallest value (1-based) of 1-D *x*, or of several 1-D tensors taken
-    together (without concatenating them), as a 0-dim tensor.
-
-    ``torch.kthvalue`` is a single-threaded quickselect over a copy of its input. For large inputs
-    the value is first bracketed from a fixed-seed sample, and only the few entries inside the
-    bracket are searched: a handful of elementwise passes instead, several times faster at
-    10^7-10^8 scores. If the bracket misses (a probability far below 1e-4), the full search runs.
-    """
-    parts = [x] if isinstance(x, torch.Tensor) else list(x)
-    n = sum(p.numel() for p in parts)
-    if n <= 4 * _SAMPLE:
-        return torch.kthvalue(torch.cat(parts) if len(parts) > 1 else parts[0], k).values
-    generator = torch.Generator(device=parts[0].device).manual_seed(0)
-    sample = torch.cat(
-        [
-            p[torch.randint(p.numel(), (max(1, round(_SAMPLE * p.numel() / n)),), generator=generator, device=p.device)]
-            for p in parts
-            if p.numel()
-        ]
-    )
-    m, q = sample.numel(), k / n
-    margin = 5.0 * math.sqrt(q * (1.0 - q) / m) + 2.0 / m
-    lo = torch.kthvalue(sample, max(1, math.floor((q - margin) * m))).values
-    hi = torch.kthvalue(sample, min(m, math.ceil((q + margin) * m))).values
-    below = sum(int(torch.count_nonzero(p < lo)) for p in parts)
-    band = torch.cat([p[(p >= lo) & (p <= hi)] for p in parts])
-    rank = k - below
-    if 1 <= rank <= band.numel():
-        return torch.kthvalue(band, rank).values
-    return torch.kthvalue(torch.cat(parts), k).values
+def _value(key: int) -> float:
+    bits = key if key >= 0 else (-key - 1) | 0x80000000
+    return struct.unpack("<f", struct.pack("<I", bits))[0]
 
 
-def lowest_k(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """Bool mask of the *k* lowest entries of 1-D *scores*; ties go to the lower index.
+_KEY_MIN, _KEY_MAX = -0x7F800000 - 1, 0x7F800000  # the keys of -inf and +inf
 
-    Linear time (k-th value, then one comparison), so it stays fast at 10^8 scores.
-    """
-    n = scores.numel()
-    if k <= 0:
-        return torch.zeros(n, dtype=torch.bool, device=scores.device)
-    if k >= n:
-        return torch.ones(n, dtype=torch.bool, device=scores.device)
-    kth = kth_smallest(scores, k)
-    chosen = scores < kth
-    missing = k - int(torch.count_nonzero(chosen))
-    if missing:
-        ties = torch.nonzero(scores == kth).flatten()[:missing]
-        chosen[ties] = True
-    return chosen
+
+def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
+    return [x[i : i + _CHUNK] for i in range(0, x.numel(), _CHUNK)]
 
 
 def _clean(scores: torch.Tensor) -> torch.Tensor:
     # NaN would make the ranking meaningless; a NaN score is treated as "least important".
-    scores = scores.detach().float()
+    scores = scores.detach().reshape(-1)
+    if scores.dtype != torch.float32:
+        scores = scores.float()
     return torch.nan_to_num(scores, nan=-1.0) if scores.isnan().any() else scores
 
 
-def select(layers: Sequence[LayerUnits], sparsity: float, domain: str = "global") -> list[torch.Tensor]:
+@dataclass
+class _Cut:
+    """Where the walk of k units stops: every unit below ``value`` is in, and per layer ``take`` of
+    its ``equal`` units at ``value`` (the first by position); ``counts`` per layer, within bounds."""
+
+    value: float
+    units: list[int]
+    below: list[int]
+    equal: list[int]
+    counts: list[int]
+    take: list[int]
+
+
+def _walk(below: list[int], equal: list[int], k: int, lo: list[int], hi: list[int]) -> tuple[list[int], list[int]]:
+    """Counts per layer, and ties taken, when the walk stops at a value with *below*/*equal* units."""
+    counts = [min(max(b, lo_i), hi_i) for b, lo_i, hi_i in zip(below, lo, hi, strict=True)]
+    left = k - sum(counts)
+    take = [0] * len(below)
+    for i, (b, e) in enumerate(zip(below, equal, strict=True)):  # ties: earlier layers first
+        extra = max(0, min(min(b + e, hi[i]) - counts[i], left))
+        counts[i] += extra
+        left -= extra
+        take[i] = min(max(counts[i] - b, 0), e)
+    return counts, take
+
+
+def _clamped(counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
+    return torch.minimum(torch.maximum(counts, lo), hi)
+
+
+def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], comm: Comm) -> _Cut:
+    """The exact cut for ``G(v) = sum_i clamp(#units of layer i <= v, lo_i, hi_i)`` to reach *k*,
+    over every rank's *parts* (one 1-D float32 tensor per layer: this rank's units).
+
+    Requires ``sum(lo) < k <= sum(hi)``. Finds the value v with ``G(v-) < k <= G(v)``: a sample
+    brackets it, one chunked pass counts the units below the bracket and keeps those inside, and
+    histograms of the keys inside narrow the bracket to one value (2-3 rounds).
+    """
+    n_layers = len(parts)
+    lo_t, hi_t = torch.tensor(lo, dtype=torch.long), torch.tensor(hi, dtype=torch.long)
+    local = torch.zeros(comm.world, n_layers, dtype=torch.long)
+    local[comm.rank] = torch.tensor([p.numel() for p in parts], dtype=torch.long)
+    sizes = comm.sum_(local)  # [rank, layer] unit counts
+    total = int(sizes.sum())
+    klo, khi = (_KEY_MIN, _KEY_MAX) if total <= _DIRECT else _bracket(parts, k, lo_t, hi_t, sizes, comm)
+    while True:
+        counts, band = _scan(parts, klo, khi, limit=int(_BAND_SHARE * total / comm.world) + _CHUNK)
+        below, inside = comm.sum_(counts)
+        if int(_clamped(below, lo_t, hi_t).sum()) < k <= int(_clamped(below + inside, lo_t, hi_t).sum()):
+            break
+        if (klo, khi) == (_KEY_MIN, _KEY_MAX):
+            raise RuntimeError(f"selection: no cut prunes {k} units within the bounds {lo}..{hi}")
+        klo, khi = _KEY_MIN, _KEY_MAX  # the sample missed (probability far below 1e-6): full range
+    # bins per round: enough to split the units inside in few rounds, never many more than units
+    bins_log2 = max(4, min(16, 22 - n_layers.bit_length(), int(inside.sum()).bit_length() + 1))
+    while khi > klo:
+        shift = max(0, (khi - klo).bit_length() - bins_log2)
+        nbins = ((khi - klo) >> shift) + 1
+        hist = torch.zeros(n_layers * nbins, dtype=torch.long)
+        for i, kept in enumerate(band):
+            for key in _keys_in(kept, klo, khi):
+                hist += torch.bincount(((key - klo) >> shift) + i * nbins, minlength=n_layers * nbins).cpu()
+        hist = comm.sum_(hist).view(n_layers, nbins)
+        cum = below.unsqueeze(1) + hist.cumsum(1)
+        reached = _clamped(cum, lo_t.unsqueeze(1), hi_t.unsqueeze(1)).sum(0)
+        b = int(torch.searchsorted(reached, torch.tensor([k]))[0])  # first bin where G reaches k
+        if b > 0:
+            below = cum[:, b - 1]
+        inside = hist[:, b]
+        klo, khi = klo + (b << shift), min(khi, klo + (b << shift) + (1 << shift) - 1)
+        band = [_narrow(kept, klo, khi) for kept in band]
+    below_l, equal_l = below.tolist(), inside.tolist()
+    counts, take = _walk(below_l, equal_l, k, lo, hi)
+    return _Cut(_value(klo), sizes.sum(0).tolist(), below_l, equal_l, counts, take)
+
+
+def _bracket(
+    parts: Sequence[torch.Tensor], k: int, lo: torch.Tensor, hi: torch.Tensor, sizes: torch.Tensor, comm: Comm
+) -> tuple[int, int]:
+    """Keys that bracket the cut with near certainty, from a fixed-seed sample of every rank's units:
+    the estimate of G from the sample is off by more than ``margin`` with probability below 1e-6."""
+    total = int(sizes.sum())
+    want = min(_SAMPLE, max(1 << 12, total // 64))
+    takes = torch.where(sizes > 0, (sizes * want + total - 1) // total, 0).clamp_max(sizes)  # [rank, layer]
+    starts = (takes.flatten().cumsum(0) - takes.flatten()).view_as(takes)
+    sample = torch.zeros(int(takes.sum()))
+    generator = torch.Generator().manual_seed(comm.rank)
+    for i, part in enumerate(parts):
+        start, n = int(starts[comm.rank, i]), int(takes[comm.rank, i])
+        if n:
+            index = torch.randint(part.numel(), (n,), generator=generator).to(part.device)
+            sample[start : start + n] = part[index].cpu()
+    sample = comm.sum_(sample)  # every rank's share, in [rank, layer] order
+    n_layers = sizes.shape[1]
+    # one sorted array of (layer, key): each layer's sampled units at or below a key by searchsorted
+    layer_of = torch.arange(n_layers).repeat(comm.world).repeat_interleave(takes.flatten())
+    shift = 1 << 33
+    combined = torch.sort(layer_of * shift + (_key(sample) - _KEY_MIN)).values
+    per_layer = takes.sum(0)
+    first = per_layer.cumsum(0) - per_layer
+    scale = sizes.sum(0).double() / per_layer.clamp_min(1).double()
+    offsets = torch.arange(n_layers) * shift - _KEY_MIN
+
+    def estimate(key: int) -> float:
+        seen = torch.searchsorted(combined, offsets + key, right=True) - first
+        return float(_clamped(seen.double() * scale, lo.double(), hi.double()).sum())
+
+    margin = 4.0 * total / math.sqrt(sample.numel()) + float(scale.sum())
+    klo, khi = _bisect(estimate, k - margin, below=True), _bisect(estimate, k + margin, below=False)
+    return klo, khi
+
+
+def _bisect(estimate: Callable[[int], float], target: float, below: bool) -> int:
+    """The largest key whose estimate is at most *target* (*below*), else the smallest whose estimate
+    is at least *target*; the range's end if there is none."""
+    a, b = _KEY_MIN, _KEY_MAX
+    if below:
+        if estimate(a) > target:
+            return _KEY_MIN
+        while b - a > 1:  # estimate(a) <= target < estimate(b), or b is the end
+            m = (a + b) // 2
+            a, b = (m, b) if estimate(m) <= target else (a, m)
+        return b if estimate(b) <= target else a
+    if estimate(b) < target:
+        return _KEY_MAX
+    while b - a > 1:  # estimate(a) < target <= estimate(b)
+        m = (a + b) // 2
+        a, b = (a, m) if estimate(m) >= target else (m, b)
+    return a if estimate(a) >= target else b
+
+
+@dataclass
+class _Kept:
+    """One layer's units inside the bracket on this rank; ``whole``: the part itself, rescanned."""
+
+    tensors: list[torch.Tensor]
+    whole: bool = False
+
+
+def _scan(parts: Sequence[torch.Tensor], klo: int, khi: int, limit: int) -> tuple[torch.Tensor, list[_Kept]]:
+    """This rank's counts per layer of the units below ``klo`` and inside ``[klo, khi]`` (a [2, layer]
+    tensor), and the units inside: kept while they fit in *limit* units, else the whole part (a
+    view, no copy) is rescanned each round."""
+    counts = torch.zeros(2, len(parts), dtype=torch.long)
+    if (klo, khi) == (_KEY_MIN, _KEY_MAX):
+        counts[1] = torch.tensor([part.numel() for part in parts], dtype=torch.long)
+        return counts, [_Kept([part], whole=True) for part in parts]
+    vlo, vhi = _value(klo), _value(khi)
+    band: list[_Kept] = []
+    kept = 0
+    for i, part in enumerate(parts):
+        inside: list[torch.Tensor] = []
+        lower = torch.empty(min(part.numel(), _CHUNK), dtype=torch.bool, device=part.device)
+        upper = torch.empty_like(lower)
+        n_below = n_inside = 0
+        for chunk in _chunks(part):
+            lt, le = lower[: chunk.numel()], upper[: chunk.numel()]
+            torch.lt(chunk, vlo, out=lt)
+            n_below += int(torch.count_nonzero(lt))
+            torch.le(chunk, vhi, out=le)
+            inside.append(chunk[le.logical_and_(lt.logical_not_())])
+            n_inside += inside[-1].numel()
+        counts[0, i], counts[1, i] = n_below, n_inside
+        kept += n_inside
+        if kept > limit:  # too many to keep: rescan this part each round instead
+            kept -= n_inside
+            band.append(_Kept([part], whole=True))
+        else:
+            band.append(_Kept(inside))
+    return counts, band
+
+
+def _keys_in(kept: _Kept, klo: int, khi: int) -> Iterator[torch.Tensor]:
+    vlo, vhi = _value(klo), _value(khi)
+    for tensor in kept.tensors:
+        for chunk in _chunks(tensor):
+            yield _key(chunk[(chunk >= vlo) & (chunk <= vhi)])
+
+
+def _narrow(kept: _Kept, klo: int, khi: int) -> _Kept:
+    if kept.whole:
+        return kept
+    vlo, vhi = _value(klo), _value(khi)
+    return _Kept([t[(t >= vlo) & (t <= vhi)] for t in kept.tensors])
+
+
+# -- masks from a cut --------------------------------------------------------------------------
+def _mask_below(part: torch.Tensor, value: float, ties: int) -> torch.Tensor:
+    """Units below *value*, and the first *ties* of those equal to it."""
+    mask = torch.empty(part.numel(), dtype=torch.bool, device=part.device)
+    for start in range(0, part.numel(), _CHUNK):
+        torch.lt(part[start : start + _CHUNK], value, out=mask[start : start + _CHUNK])
+    for start in range(0, part.numel(), _CHUNK):
+        if ties <= 0:
+            break
+        found = torch.nonzero(part[start : start + _CHUNK] == value).flatten()[:ties]
+        mask[found + start] = True
+        ties -= found.numel()
+    return mask
+
+
+def _local_ties(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[int]:
+    """Ties at the cut's value this rank takes per layer: the first ``cut.take`` by global position,
+    rank by rank. Only layers whose ties are split need the other ranks' counts."""
+    ties = list(cut.take)
+    split = [i for i in range(len(parts)) if 0 < cut.take[i] < cut.equal[i]]
+    if comm.world == 1 or not split:
+        return ties
+    local = torch.zeros(comm.world, len(split), dtype=torch.long)
+    for j, i in enumerate(split):
+        local[comm.rank, j] = sum(int(torch.count_nonzero(c == cut.value)) for c in _chunks(parts[i]))
+    per_rank = comm.sum_(local)
+    before = per_rank[: comm.rank].sum(0)
+    for j, i in enumerate(split):
+        ties[i] = min(max(cut.take[i] - int(before[j]), 0), int(per_rank[comm.rank, j]))
+    return ties
+
+
+def _masks(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[torch.Tensor]:
+    """The masks of the walk that stopped at *cut*; a layer held at a bound away from the cut's
+    value (a cap below it, a floor above it) gets its own lowest units."""
+    ties = _local_ties(parts, cut, comm)
+    masks = []
+    for i, part in enumerate(parts):
+        if cut.below[i] <= cut.counts[i] <= cut.below[i] + cut.equal[i]:
+            masks.append(_mask_below(part, cut.value, ties[i]))
+        else:
+            masks.append(_lowest_one(part, cut.counts[i], cut.units[i], comm))
+    return masks
+
+
+def _lowest_one(part: torch.Tensor, k: int, units: int, comm: Comm) -> torch.Tensor:
+    """The *k* lowest of one layer's *units* (over all ranks; *part* is this rank's)."""
+    if k <= 0 or k >= units:
+        return torch.full((part.numel(),), k > 0, dtype=torch.bool, device=part.device)
+    return _masks([part], _cut([part], k, [0], [units], comm), comm)[0]
+
+
+def _lowest_within(
+    parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], comm: Comm
+) -> list[torch.Tensor]:
+    """Masks of the *k* lowest units over all layers, each layer between its lo and hi units: the
+    floors' units first, then one ranking of the rest; floors alone over *k*: a ranking of theirs."""
+    if k <= 0:
+        return [torch.zeros(p.numel(), dtype=torch.bool, device=p.device) for p in parts]
+    if k <= sum(lo):  # best effort: the budget goes down the ranking of the floors' units
+        lo, hi = [0] * len(parts), lo
+    if k >= sum(hi):
+        units = comm.sum_(torch.tensor([p.numel() for p in parts], dtype=torch.long)).tolist()
+        return [_lowest_one(p, h, n, comm) for p, h, n in zip(parts, hi, units, strict=True)]
+    return _masks(parts, _cut(parts, k, lo, hi, comm), comm)
+
+
+# -- public ----------------------------------------------------------------------------------
+def kth_smallest(x: torch.Tensor | Sequence[torch.Tensor], k: int) -> torch.Tensor:
+    """The exact k-th smallest value (1-based) of 1-D *x*, or of several 1-D tensors taken
+    together (without concatenating them), as a 0-dim tensor.
+
+    Example:
+        >>> float(kth_smallest([torch.tensor([5.0, 1.0]), torch.tensor([3.0])], 2))
+        3.0
+    """
+    parts = [_clean(p) for p in ([x] if isinstance(x, torch.Tensor) else x)]
+    n = sum(p.numel() for p in parts)
+    if not 1 <= k <= n:
+        raise ValueError(f"k must be between 1 and {n} (the number of values), not {k}")
+    return torch.tensor(_cut(parts, k, [0] * len(parts), [p.numel() for p in parts], _LOCAL).value)
+
+
+def lowest_k(scores: torch.Tensor, k: int, comm: Comm | None = None) -> torch.Tensor:
+    """Bool mask of the *k* lowest entries of 1-D *scores*; ties go to the lower index.
+
+    Linear time and memory of a few percent of *scores*, so it stays fast at 10^9 scores. With
+    *comm*, *scores* is this rank's run of the units and *k* counts over all ranks.
+    """
+    comm = comm or _LOCAL
+    part = _clean(scores)
+    units = int(comm.sum_(torch.tensor([part.numel()], dtype=torch.long))[0])
+    return _lowest_one(part, k, units, comm)
+
+
+Domain = Callable[[Sequence[LayerUnits], float, Comm], list[torch.Tensor]]
+
+
+def _select_local(layers: Sequence[LayerUnits], sparsity: float, comm: Comm) -> list[torch.Tensor]:
+    chosen = []
+    for layer in layers:
+        lo, hi = layer.bounds(sparsity)
+        k = min(max(layer.units_for(sparsity), lo), hi)
+        chosen.append(_lowest_one(_clean(layer.scores), k, layer.units, comm))
+    return chosen
+
+
+def _select_global(layers: Sequence[LayerUnits], sparsity: float, comm: Comm) -> list[torch.Tensor]:
+    budget = math.floor(sparsity * sum(layer.numel for layer in layers) + _EPS)  # in weights
+    lo, hi = (list(b) for b in zip(*(layer.bounds(sparsity) for layer in layers), strict=True))
+    scores = [_clean(layer.scores) for layer in layers]
+    sizes = {layer.unit_elements for layer in layers}
+    if len(sizes) == 1:
+        return _lowest_within(scores, budget // sizes.pop(), lo, hi, comm)
+    if comm.world > 1:
+        raise NotImplementedError(
+            "global ranking of units of different sizes (channel patterns over layers of different "
+            "shapes) is not supported across ranks; use prune_domain: local, or an NxM pattern"
+        )
+    return _select_mixed(layers, scores, budget, lo, hi)
+
+
+def _select_mixed(
+    layers: Sequence[LayerUnits], scores: list[torch.Tensor], budget: int, lo: list[int], hi: list[int]
+) -> list[torch.Tensor]:
+    """Units of different sizes: the floors' units first, then one stable ranking of the units above
+    their layer's floor and below its cap, pruned whole while they fit in the budget (in weights)."""
+    unit = torch.tensor([layer.unit_elements for layer in layers], dtype=torch.long)
+    layer_of = torch.cat([torch.full((s.numel(),), i, dtype=torch.long) for i, s in enumerate(scores)])
+    within = torch.cat([_ranks(s.cpu()) for s in scores])  # each unit's place in its own layer's ranking
+    floor = within < torch.tensor(lo, dtype=torch.long)[layer_of]
+    below_cap = within < torch.tensor(hi, dtype=torch.long)[layer_of]
+    floors_cost = int((torch.tensor(lo, dtype=torch.long) * unit).sum())
+    if floors_cost > budget:  # best effort: the budget goes down the ranking of the floors' units
+        candidates, chosen, left = floor, torch.zeros_like(floor), budget
+    else:
+        candidates, chosen, left = below_cap & ~floor, floor, budget - floors_cost
+    order = torch.sort(torch.cat([s.cpu() for s in scores]), stable=True).indices
+    in_order = candidates[order]
+    cost = torch.cumsum(unit[layer_of[order]] * in_order, 0)
+    chosen[order[in_order & (cost <= left)]] = True
+    return [part.to(s.device) for part, s in zip(chosen.split([s.numel() for s in scores]), scores, strict=True)]
+
+
+def _ranks(scores: torch.Tensor) -> torch.Tensor:
+    order = torch.sort(scores, stable=True).indices
+    ranks = torch.empty_like(order)
+    ranks[order] = torch.arange(order.numel())
+    return ranks
+
+
+#: prune domains by name: a new one is one function of (layers, sparsity, comm) to masks
+DOMAINS: dict[str, Domain] = {"global": _select_global, "local": _select_local}
+
+
+def select(
+    layers: Sequence[LayerUnits], sparsity: float, domain: str = "global", comm: Comm | None = None
+) -> list[torch.Tensor]:
     """Return, per layer, a 1-D bool tensor of the units to prune at *sparsity*.
+
+    With *comm* (see :mod:`pytorch_pruner.distributed`) each layer's scores are this rank's run of
+    its units, and the masks are exactly those of one process holding every rank's scores.
 
     Example:
         >>> a = LayerUnits(torch.tensor([1., 5., 3., 7.]), unit_elements=1, numel=4)
@@ -122,107 +474,10 @@ def select(layers: Sequence[LayerUnits], sparsity: float, domain: str = "global"
         >>> [m.tolist() for m in select([a, b], 0.5)]
         [[True, False, True, False], [True, False]]
     """
+    if domain not in DOMAINS:
+        names = sorted(DOMAINS)
+        allowed = ", ".join(map(repr, names[:-1])) + f" or {names[-1]!r}"
+        raise ValueError(f"domain must be {allowed}, not {domain!r}")
     if not layers:
         return []
-    if domain == "local":
-        chosen = []
-        for layer in layers:
-            lo, hi = layer.bounds(sparsity)
-            k = min(max(layer.units_for(sparsity), lo), hi)
-            chosen.append(lowest_k(_clean(layer.scores), k))
-        return chosen
-    if domain != "global":
-        raise ValueError(f"domain must be 'global' or 'local', not {domain!r}")
-    return _select_global(layers, sparsity)
-
-
-def _select_global(layers: Sequence[LayerUnits], sparsity: float) -> list[torch.Tensor]:
-    total = sum(layer.numel for layer in layers)
-    budget = math.floor(sparsity * total + _EPS)  # in weights
-    bounds = [layer.bounds(sparsity) for layer in layers]
-    fixed: dict[int, int] = {}  # layer index -> units, for layers held at their cap or floor
-    scores = [_clean(layer.scores) for layer in layers]
-    uniform = len({layer.unit_elements for layer in layers}) == 1
-    ranking = _Ranking(layers, scores) if not uniform else None
-    while True:
-        free = [i for i in range(len(layers)) if i not in fixed]
-        left = budget - sum(units * layers[i].unit_elements for i, units in fixed.items())
-        if uniform:
-            threshold = _Threshold(scores, free, left // layers[0].unit_elements)
-            counts = threshold.counts
-        elif ranking is not None:
-            counts = ranking.counts(free, left)
-        changed = False
-        for i in free:
-            lo, hi = bounds[i]
-            if counts[i] > hi or counts[i] < lo:
-                fixed[i] = hi if counts[i] > hi else lo
-                changed = True
-        if not changed or not free:
-            break
-    chosen = []
-    for i, layer_scores in enumerate(scores):
-        if i in fixed:
-            chosen.append(lowest_k(layer_scores, fixed[i]))
-        elif uniform:
-            chosen.append(threshold.chosen(i))
-        else:
-            chosen.append(lowest_k(layer_scores, counts[i]))
-    return chosen
-
-
-class _Threshold:
-    """The k lowest of the free layers' units, found with one k-th value over all of them."""
-
-    def __init__(self, scores: list[torch.Tensor], free: list[int], k: int) -> None:
-        self.scores = scores
-        self.kth: torch.Tensor | None = None
-        self.less: dict[int, int] = {}
-        self.below: dict[int, torch.Tensor] = {}
-        self.counts: dict[int, int] = {i: 0 for i in free}
-        if not free or k <= 0:
-            return
-        sizes = sum(scores[i].numel() for i in free)
-        if k >= sizes:
-            self.counts = {i: scores[i].numel() for i in free}
-            self.less = dict(self.counts)
-            return
-        self.kth = kth_smallest([scores[i] for i in free], k)
-        self.below = {i: scores[i] < self.kth for i in free}
-        self.less = {i: int(torch.count_nonzero(self.below[i])) for i in free}
-        ties = k - sum(self.less.values())  # units equal to the k-th value: earlier layers first
-        for i in free:
-            take = min(int(torch.count_nonzero(scores[i] == self.kth)), ties) if ties else 0
-            ties -= take
-            self.counts[i] = self.less[i] + take
-
-    def chosen(self, i: int) -> torch.Tensor:
-        scores = self.scores[i]
-        if self.kth is None:
-            return torch.full_like(scores, self.counts.get(i, 0) > 0, dtype=torch.bool)
-        mask = self.below[i]
-        missing = self.counts[i] - self.less[i]
-        if missing:
-            mask[torch.nonzero(scores == self.kth).flatten()[:missing]] = True
-        return mask
-
-
-class _Ranking:
-    """One stable sort of all units, for units of different sizes (channel patterns)."""
-
-    def __init__(self, layers: Sequence[LayerUnits], scores: list[torch.Tensor]) -> None:
-        self.layer_of = torch.cat([torch.full((s.numel(),), i, dtype=torch.long) for i, s in enumerate(scores)])
-        order = torch.sort(torch.cat([s.cpu() for s in scores]), stable=True).indices
-        self.layer_of = self.layer_of[order]
-        sizes = torch.tensor([layer.unit_elements for layer in layers], dtype=torch.long)
-        self.size = sizes[self.layer_of]
-        self.n_layers = len(layers)
-
-    def counts(self, free: list[int], budget: int) -> dict[int, int]:
-        is_free = torch.zeros(self.n_layers, dtype=torch.bool)
-        is_free[free] = True
-        free_units = is_free[self.layer_of]
-        cost = torch.cumsum(self.size * free_units, 0)
-        taken = free_units & (cost <= budget)
-        per_layer = torch.bincount(self.layer_of[taken], minlength=self.n_layers)
-        return {i: int(per_layer[i]) for i in free}
+    return DOMAINS[domain](layers, sparsity, comm or _LOCAL)
