@@ -20,7 +20,7 @@ from pytorch_pruner.selection import LayerUnits, select
 from .test_selection import random_case
 
 WORLD = 2
-CASES = 60
+CASES = 24
 
 pytestmark = pytest.mark.skipif(
     not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"
