@@ -92,7 +92,7 @@ def test_nan_scores_do_not_break_the_ranking() -> None:
 
 
 def test_unknown_domain() -> None:
-    with pytest.raises(ValueError, match="domain must be 'global' or 'local'"):
+    with pytest.raises(ValueError, match="domain must be 'global', 'local' or 'row'"):
         select([units(4)], 0.5, "everywhere")
 
 

@@ -14,6 +14,7 @@ from torch import nn
 from .config import PrunerConfig, PruningConfig, dump_config, load_config, loads_config
 from .criteria import CRITERIA, Criterion
 from .errors import ConfigError, NoMatchingLayersError, PatternError, PruningError, StateError
+from .oneshot import OneShotReport, prune_oneshot_
 from .patterns import PATTERNS, Pattern, parse_pattern
 from .pruning import Pruning
 from .report import SparsityRatios, SparsityReport
@@ -28,6 +29,7 @@ __all__ = [
     "ConfigError",
     "Criterion",
     "NoMatchingLayersError",
+    "OneShotReport",
     "Pattern",
     "PatternError",
     "PrunerConfig",
@@ -44,6 +46,7 @@ __all__ = [
     "loads_config",
     "parse_pattern",
     "prune_",
+    "prune_oneshot_",
 ]
 
 

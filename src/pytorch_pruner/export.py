@@ -96,6 +96,7 @@ def squash(pruning: Pruning) -> nn.Module:
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
         pruner._set_masks()
         pruner.apply_masks()
+        pruner.criterion.remove_hooks()
     model = pruning.model
     if model is None:  # unreachable once started; keeps the return type honest
         raise StateError("the Pruning has no model")

@@ -71,6 +71,7 @@ class Pruner:
                 reduce=self.pattern.reduce,
                 score_shape=tuple(layer.keep.shape),
                 elementwise=layer.target.direct and tuple(layer.keep.shape) == layer.target.shape2d,
+                module=layer.target.module,
             )
             for layer in self.layers
         ]
@@ -78,6 +79,18 @@ class Pruner:
         #: the sparsity the masks were last computed for
         self.current_sparsity = 0.0
         self._masked = False  # whether any mask has a False: until then applying is a no-op
+        if self.criterion.fixed_mask:
+            self._lock()
+
+    @torch.no_grad()
+    def _lock(self) -> None:
+        """Fix each mask to the weight's nonzero pattern now (pattern_lock); it never changes."""
+        for layer, score in zip(self.layers, self.criterion.scores(), strict=True):
+            layer.keep.copy_(score > 0)
+        self.current_sparsity = sum(layer.pruned_elements for layer in self.layers) / max(
+            sum(layer.numel for layer in self.layers), 1
+        )
+        self._set_masks()
 
     def too_coarse(self) -> list[tuple[str, int]]:
         """``(layer name, units)`` of the layers whose target prunes no unit at all: with local
@@ -124,6 +137,9 @@ class Pruner:
     @torch.no_grad()
     def prune(self, step: int) -> None:
         """Recompute the masks for the schedule's sparsity at *step* and zero the pruned weights."""
+        if self.criterion.fixed_mask:  # pattern_lock: the mask was fixed at on_train_begin
+            self.apply_masks()
+            return
         sparsity = self.schedule.sparsity_at(step)
         self.current_sparsity = sparsity
         if not self.layers:
@@ -142,9 +158,12 @@ class Pruner:
                 numel=layer.numel,
                 max_sparsity=s.max_sparsity_ratio_per_layer,
                 min_sparsity=s.min_sparsity_ratio_per_layer,
+                rows=int(layer.keep.shape[0]),
             )
             for layer, score in zip(self.layers, scores, strict=True)
         ]
+        if step >= self.schedule.last_step:  # masks are final: input statistics are no longer needed
+            self.criterion.remove_hooks()
         chosen = select(units, sparsity, s.prune_domain)
         for layer, pruned, score in zip(self.layers, chosen, scores, strict=True):
             layer.keep.copy_(self.pattern.keep_mask(pruned.to(layer.keep.device), score))

@@ -133,6 +133,23 @@ class Pruning:
             return
         settings = self.config.resolved()
         for s in settings:
+            if s.criterion.oneshot_only:
+                raise ConfigError(
+                    f"{s.path}.prune_type: {s.prune_type!r} is one-shot only (it rebuilds the kept weights from "
+                    "calibration data); prune with pytorch_pruner.prune_oneshot_(model, config, calibration), then "
+                    "fine-tune with prune_type 'pattern_lock' (or use 'wanda' during training)"
+                )
+            if s.owl:
+                raise ConfigError(
+                    f"{s.path}.owl: OWL is an option of one-shot pruning (prune_oneshot_), not of training; "
+                    "set owl: false here"
+                )
+            if s.criterion.needs_inputs and s.start_step == 0:
+                raise ConfigError(
+                    f"{s.path}: prune_type {s.prune_type!r} needs the layers' inputs, but start_step 0 prunes "
+                    "before any forward; set start_step >= 1, or prune one-shot with "
+                    "prune_oneshot_(model, config, calibration)"
+                )
             if s.criterion.needs_grad and s.start_step == s.end_step == 0:
                 raise ConfigError(
                     f"{s.path}: prune_type {s.prune_type!r} needs gradients, but start_step == end_step "
@@ -249,6 +266,7 @@ class Pruning:
         if self._started:
             for pruner in self.pruners:
                 pruner.apply_masks()
+                pruner.criterion.remove_hooks()
 
     # -- results ---------------------------------------------------------------------------
     def get_sparsity_ratio(self) -> SparsityRatios:

@@ -4,6 +4,9 @@ Every layer hands in a 1-D tensor of unit scores (lower = pruned first), how man
 pruned unit zeroes, its number of weights, and its per-layer cap and floor (as sparsities).
 
 * ``local``: each layer prunes its own ``k = floor(s * units)`` lowest units.
+* ``row``: each ranking row of a layer (its ``rows`` equal parts, e.g. the output rows of a 1x1
+  or N:M layer) prunes its own ``floor(s * units of the row)`` lowest units (Wanda's per-output
+  comparison); a row never straddles a dim-0 shard, so this needs no communication.
 * ``global``: one ranking over every unit of every layer. The prunable budget is
   ``floor(s * total weights)``; walking the ranking from the lowest score, whole units are pruned
   while they fit in it. With equal-size units this is exactly ``k = floor(s * total units)``.
@@ -35,7 +38,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DOMAINS", "Comm", "LayerUnits", "kth_smallest", "lowest_k", "select"]
+__all__ = ["DOMAINS", "Comm", "LayerUnits", "kth_smallest", "lowest_k", "select", "select_rows"]
 
 _EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
 _SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
@@ -75,6 +78,8 @@ class LayerUnits:
     max_sparsity: float = 1.0
     min_sparsity: float = 0.0
     total_units: int | None = None  # over all ranks; None: scores.numel()
+    #: ranking rows for ``prune_domain: row`` (this rank's): the units, in order, split into equal rows
+    rows: int = 1
 
     @property
     def units(self) -> int:
@@ -456,8 +461,33 @@ def _ranks(scores: torch.Tensor) -> torch.Tensor:
     return ranks
 
 
+def select_rows(layer: LayerUnits, sparsity: float) -> torch.Tensor:
+    """Units to prune when each of the layer's ``rows`` prunes ``floor(s * its units)`` of its lowest
+    (ties to the lower index), within the layer's floor and cap. Returns a 1-D bool tensor.
+
+    Example:
+        >>> layer = LayerUnits(torch.tensor([4., 1., 3., 2., 9., 8.]), unit_elements=1, numel=6, rows=2)
+        >>> select_rows(layer, 0.5).tolist()
+        [False, True, False, True, False, False]
+    """
+    scores = _clean(layer.scores).reshape(layer.rows, -1)
+    per_row = scores.shape[1]
+    hi = math.floor(layer.max_sparsity * per_row + _EPS)
+    lo = min(math.ceil(min(layer.min_sparsity, sparsity) * per_row - _EPS), hi)
+    k = min(max(math.floor(sparsity * per_row + _EPS), lo, 0), hi)
+    chosen = torch.zeros_like(scores, dtype=torch.bool)
+    if k > 0:
+        order = torch.sort(scores, dim=1, stable=True).indices[:, :k]
+        chosen.scatter_(1, order, True)
+    return chosen.reshape(-1)
+
+
+def _select_row(layers: Sequence[LayerUnits], sparsity: float, comm: Comm) -> list[torch.Tensor]:
+    return [select_rows(layer, sparsity) for layer in layers]
+
+
 #: prune domains by name: a new one is one function of (layers, sparsity, comm) to masks
-DOMAINS: dict[str, Domain] = {"global": _select_global, "local": _select_local}
+DOMAINS: dict[str, Domain] = {"global": _select_global, "local": _select_local, "row": _select_row}
 
 
 def select(

@@ -10,6 +10,7 @@ resolved.
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
@@ -40,6 +41,10 @@ DEFAULTS: dict[str, Any] = {
     "not_to_prune_names": (),
     "exclude_names": (),
     "prune_layer_type": ("Linear", "Conv2d"),
+    # OWL layer allocation, an option of prune_oneshot_ (SPEC §11)
+    "owl": False,
+    "owl_lambda": 0.08,
+    "owl_m": 5.0,
 }
 
 #: Other spellings accepted for a key: INC v1 and v2 names, so their users can bring configs.
@@ -93,6 +98,19 @@ def _choice(value: Any, path: str, allowed: list[str]) -> str:
     return str(value)
 
 
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{path}: {value!r} is not a boolean; allowed: true or false")
+    return value
+
+
+def _positive(value: Any, path: str, high: float = math.inf) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= high:
+        allowed = f"a number in (0, {high:g}]" if high < math.inf else "a number > 0"
+        raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {allowed}")
+    return float(value)
+
+
 def _strings(value: Any, path: str) -> tuple[str, ...]:
     items = [value] if isinstance(value, str) else value
     if not isinstance(items, list | tuple):
@@ -125,7 +143,7 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "target_sparsity": _fraction,
     "max_sparsity_ratio_per_layer": _fraction,
     "min_sparsity_ratio_per_layer": _fraction,
-    "prune_domain": lambda v, p: _choice(v, p, ["global", "local"]),
+    "prune_domain": lambda v, p: _choice(v, p, ["global", "local", "row"]),
     "prune_type": lambda v, p: _choice(v, p, CRITERIA.names()),
     "sparsity_decay_type": lambda v, p: _choice(v, p, DECAYS.names()),
     "pattern": lambda v, p: parse_pattern(v, p).name,
@@ -133,6 +151,9 @@ _CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "not_to_prune_names": _strings,
     "exclude_names": _strings,
     "prune_layer_type": _layer_types,
+    "owl": _bool,
+    "owl_lambda": lambda v, p: _positive(v, p, 0.5),
+    "owl_m": _positive,
 }
 
 
@@ -164,6 +185,9 @@ class PrunerConfig:
     not_to_prune_names: tuple[str, ...] | None = None
     exclude_names: tuple[str, ...] | None = None
     prune_layer_type: tuple[str, ...] | None = None
+    owl: bool | None = None
+    owl_lambda: float | None = None
+    owl_m: float | None = None
 
     def __post_init__(self) -> None:
         for key in DEFAULTS:
@@ -260,6 +284,9 @@ class PrunerSettings:
     not_to_prune_names: tuple[str, ...]
     exclude_names: tuple[str, ...]
     prune_layer_type: tuple[str, ...]
+    owl: bool
+    owl_lambda: float
+    owl_m: float
     criterion: type[Criterion]
     decay: Decay
     path: str = ""
@@ -288,12 +315,21 @@ class PrunerSettings:
                 f"{pattern.name} can reach; allowed: at most {limit:g} (N/M); lower the target or "
                 "use a pattern with a larger N/M"
             )
+        criterion = CRITERIA.get(values["prune_type"], f"{path}.prune_type")
+        problem = criterion.check_settings(pattern, values["prune_domain"])
+        if problem:
+            raise ConfigError(f"{path}.pattern: {problem}")
+        if values["owl"] and limit < 1.0:
+            raise ConfigError(
+                f"{path}.owl: OWL gives each block its own sparsity, which pattern {pattern.name} fixes at "
+                f"{limit:g}; allowed: owl with an NxM pattern (e.g. '1x1'); set owl: false for N:M"
+            )
         values["max_sparsity_ratio_per_layer"] = min(values["max_sparsity_ratio_per_layer"], limit)
         values["min_sparsity_ratio_per_layer"] = min(values["min_sparsity_ratio_per_layer"], limit)
         values["pattern"] = pattern
         return cls(
             **values,
-            criterion=CRITERIA.get(values["prune_type"], f"{path}.prune_type"),
+            criterion=criterion,
             decay=DECAYS.get(values["sparsity_decay_type"], f"{path}.sparsity_decay_type"),
             path=path,
         )

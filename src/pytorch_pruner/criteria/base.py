@@ -10,11 +10,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
+from torch import nn
 
 from ..registry import Registry
+
+if TYPE_CHECKING:
+    from ..patterns import Pattern
 
 __all__ = ["CRITERIA", "Criterion", "ScoreSlot"]
 
@@ -29,6 +33,8 @@ class ScoreSlot:
     score_shape: tuple[int, ...]
     #: True when to_2d is the identity and reduce keeps the shape: the hot path can skip copies.
     elementwise: bool = False
+    #: the layer, for criteria that watch its inputs (wanda, sparsegpt)
+    module: nn.Module | None = None
 
 
 class Criterion(ABC):
@@ -42,6 +48,17 @@ class Criterion(ABC):
     #: True when every optimizer step contributes (a running average), False when only the
     #: step just before a pruning step matters.
     every_step: ClassVar[bool] = False
+    #: True when the scores need the layer's inputs (forward hooks), e.g. wanda
+    needs_inputs: ClassVar[bool] = False
+    #: True when the criterion can only prune one-shot (prune_oneshot_), never during training
+    oneshot_only: ClassVar[bool] = False
+    #: True when the mask is fixed once at on_train_begin (pattern_lock) and never recomputed
+    fixed_mask: ClassVar[bool] = False
+
+    @classmethod
+    def check_settings(cls, pattern: Pattern, prune_domain: str) -> str | None:
+        """Why this criterion can't work with *pattern* / *prune_domain* (checked at config load)."""
+        return None
 
     def __init__(self, slots: Sequence[ScoreSlot]) -> None:
         self.slots = list(slots)
@@ -52,6 +69,9 @@ class Criterion(ABC):
     @abstractmethod
     def scores(self) -> list[torch.Tensor]:
         """The scores of each slot, in ``score_shape``, as of now."""
+
+    def remove_hooks(self) -> None:  # noqa: B027 (optional: only criteria with hooks override it)
+        """Take off any hook the criterion put on the model."""
 
     def state_dict(self) -> dict[str, Any]:
         return {}

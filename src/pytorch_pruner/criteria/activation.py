@@ -1,0 +1,227 @@
+"""Data-aware criteria: scores that need the layer's inputs, not only its weight.
+
+* ``wanda`` (Sun et al., *A Simple and Effective Pruning Approach for Large Language Models*,
+  arXiv:2306.11695): ``score_ij = |W_ij| · sqrt(mean x_j²)``, the mean over every token seen by
+  the layer (input feature j of the 2-D view). Usable one-shot (:func:`~pytorch_pruner.prune_oneshot_`)
+  and during training: there the statistics come from the training forwards since the last
+  pruning step (they are refreshed each pruning step).
+* ``sparsegpt`` (Frantar & Alistarh, *SparseGPT*, arXiv:2301.00774): one-shot only; it keeps the
+  Hessian ``H = (2/n) Σ x xᵀ`` of each layer's inputs, and
+  :mod:`pytorch_pruner.oneshot.sparsegpt` chooses the mask and rebuilds the kept weights from it.
+
+Statistics are float32 whatever the activation dtype, and are all-reduced over
+``torch.distributed`` ranks (a count-weighted mean) when a process group is initialised.
+The forward hooks that feed them are the criterion's own; :meth:`remove_hooks` takes them off.
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from ..errors import PruningError, StateError
+from ..patterns import NInM, NxM, Pattern
+from .base import CRITERIA, Criterion, ScoreSlot
+
+__all__ = ["ActivationStats", "HessianStats", "SparseGPT", "Wanda"]
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def _features(module: nn.Module, x: torch.Tensor, columns: int) -> tuple[torch.Tensor, int]:
+    """The layer input as ``[tokens, features]`` (float32) and how often each feature repeats in
+    the 2-D view's columns (kernel positions of a convolution; 1 for Linear and Conv1D)."""
+    if isinstance(module, nn.modules.conv._ConvNd):
+        channels = x.shape[1] if x.dim() > 1 else x.shape[0]
+        flat = x.detach().transpose(0, 1).reshape(channels, -1).t()
+        return flat.float(), columns // channels
+    return x.detach().reshape(-1, x.shape[-1]).float(), 1
+
+
+class ActivationStats:
+    """Running mean of ``x_j²`` over all tokens, per input feature j of one layer (float32)."""
+
+    def __init__(self, features: int, device: torch.device) -> None:
+        self.mean_sq = torch.zeros(features, dtype=torch.float32, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update_(self, flat: torch.Tensor) -> None:
+        tokens = flat.shape[0]
+        if tokens == 0:
+            return
+        total = self.count + tokens
+        self.mean_sq.mul_((self.count / total).float()).add_(flat.pow(2).sum(0).div_(total.float()))
+        self.count.copy_(total)
+
+    def mean(self) -> torch.Tensor:
+        """The mean of x² per feature, over all ranks when torch.distributed is initialised."""
+        if not _distributed():
+            return self.mean_sq.clone()
+        both = torch.cat([self.mean_sq.double() * self.count, self.count.reshape(1)])
+        torch.distributed.all_reduce(both)
+        return (both[:-1] / both[-1].clamp_min(1)).float()
+
+    def reset_(self) -> None:
+        self.mean_sq.zero_()
+        self.count.zero_()
+
+
+class HessianStats:
+    """``H = (2/n) Σ x xᵀ`` over the n input tokens of one layer (float32), kept as a running mean."""
+
+    def __init__(self, features: int, device: torch.device) -> None:
+        self.h = torch.zeros(features, features, dtype=torch.float32, device=device)
+        self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    def update_(self, flat: torch.Tensor) -> None:
+        tokens = flat.shape[0]
+        if tokens == 0:
+            return
+        total = self.count + tokens
+        self.h.mul_((self.count / total).float())
+        x = flat * torch.sqrt(2.0 / total).float()
+        self.h.addmm_(x.t(), x)
+        self.count.copy_(total)
+
+    def hessian(self) -> torch.Tensor:
+        if not _distributed():
+            return self.h.clone()
+        h = self.h.double() * self.count
+        count = self.count.clone()
+        torch.distributed.all_reduce(h)
+        torch.distributed.all_reduce(count)
+        return (h / count.clamp_min(1)).float()
+
+
+class _InputCriterion(Criterion):
+    """A criterion fed by forward pre-hooks on the layers of its slots."""
+
+    needs_inputs: ClassVar[bool] = True
+    _stats_type: ClassVar[type[ActivationStats] | type[HessianStats]] = ActivationStats
+
+    def __init__(self, slots: list[ScoreSlot]) -> None:
+        super().__init__(slots)
+        #: count forwards in eval mode too (one-shot calibration runs the model in eval mode)
+        self.count_eval = False
+        self.stats: list[Any] = []
+        self.repeats: list[int] = []
+        for slot in slots:
+            if slot.module is None:
+                raise StateError(f"{type(self).__name__} needs the layer module of every slot to see its inputs")
+            cols = int(slot.weight.numel() // slot.weight.shape[0])
+            features = _in_features(slot.module, cols)
+            self.stats.append(self._stats_type(features, slot.weight.device))
+            self.repeats.append(cols // features)
+        self._handles: list[RemovableHandle] = []
+        self.attach_hooks()
+
+    def attach_hooks(self) -> None:
+        """Start collecting input statistics (a forward pre-hook per layer)."""
+        if self._handles:
+            return
+        for slot, stats in zip(self.slots, self.stats, strict=True):
+            assert slot.module is not None  # checked in __init__
+            self._handles.append(slot.module.register_forward_pre_hook(self._hook(stats)))
+
+    def remove_hooks(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def _hook(self, stats: Any) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            if not args or not isinstance(args[0], torch.Tensor) or not (module.training or self.count_eval):
+                return
+            cols = int(module.weight.numel() // module.weight.shape[0])
+            flat, _ = _features(module, args[0], cols)
+            with torch.no_grad():
+                stats.update_(flat.to(stats.count.device))
+
+        return hook
+
+    def tokens(self) -> list[int]:
+        return [int(s.count) for s in self.stats]
+
+    def nonfinite_layers(self) -> list[int]:
+        """Indices of the slots whose statistics hold inf or NaN."""
+        own = [s.mean_sq if isinstance(s, ActivationStats) else s.h for s in self.stats]
+        return [i for i, t in enumerate(own) if not bool(torch.isfinite(t).all())]
+
+
+def _in_features(module: nn.Module, cols: int) -> int:
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if module.groups != 1:
+            raise PruningError(
+                f"data-aware criteria need ungrouped convolutions; this one has groups={module.groups}: "
+                "exclude it (not_to_prune_names) or use magnitude"
+            )
+        return int(module.in_channels)
+    return cols
+
+
+@CRITERIA.register("wanda")
+class Wanda(_InputCriterion):
+    """``|W_ij| · sqrt(mean x_j²)`` (block mean), from the inputs seen since the last pruning step."""
+
+    def element_scores(self) -> list[torch.Tensor]:
+        """Element-level scores in each layer's 2-D view (float32)."""
+        out = []
+        for slot, stats, repeat in zip(self.slots, self.stats, self.repeats, strict=True):
+            if int(stats.count) == 0:
+                raise StateError(
+                    "wanda has seen no input of a layer it prunes: run forwards before the pruning step "
+                    "(during training: start_step >= 1; one-shot: give calibration batches)"
+                )
+            norm = stats.mean().sqrt()
+            if not bool(torch.isfinite(norm).all()):
+                warnings.warn("wanda: inf/NaN in the input statistics of a layer; those inputs score 0", stacklevel=2)
+                norm = torch.nan_to_num(norm, nan=0.0, posinf=0.0)
+            norm = norm.repeat(repeat)
+            with torch.no_grad():
+                out.append(slot.to_2d(slot.weight.detach()).abs().float() * norm.to(slot.weight.device))
+        return out
+
+    def scores(self) -> list[torch.Tensor]:
+        scores = [slot.reduce(e) for slot, e in zip(self.slots, self.element_scores(), strict=True)]
+        for stats in self.stats:  # the next pruning step sees only the inputs that follow
+            stats.reset_()
+        return scores
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"mean_sq": [s.mean_sq.clone() for s in self.stats], "count": [s.count.clone() for s in self.stats]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for stats, mean_sq, count in zip(self.stats, state["mean_sq"], state["count"], strict=True):
+            stats.mean_sq.copy_(mean_sq)
+            stats.count.copy_(count)
+
+    def state_bytes(self) -> int:
+        return sum(s.mean_sq.numel() * 4 + 8 for s in self.stats)
+
+
+@CRITERIA.register("sparsegpt")
+class SparseGPT(_InputCriterion):
+    """SparseGPT's Hessians; the mask and the new weights come from
+    :func:`pytorch_pruner.oneshot.sparsegpt.sparsegpt_`, in :func:`~pytorch_pruner.prune_oneshot_`."""
+
+    oneshot_only: ClassVar[bool] = True
+    _stats_type = HessianStats
+
+    @classmethod
+    def check_settings(cls, pattern: Pattern, prune_domain: str) -> str | None:
+        if isinstance(pattern, NInM | NxM):
+            return None
+        return (
+            f"prune_type 'sparsegpt' chooses the mask per block of 128 input columns, which pattern "
+            f"{pattern.name!r} (whole channels or heads) does not fit; allowed: '1x1', NxM (e.g. '4x1') or N:M "
+            "(e.g. '2:4'); use wanda for channel patterns"
+        )
+
+    def scores(self) -> list[torch.Tensor]:
+        raise PruningError("sparsegpt is one-shot only: it prunes in prune_oneshot_, not through scores")

@@ -1,0 +1,486 @@
+"""``prune_oneshot_``: data-aware one-shot pruning, one transformer block at a time (SPEC §11)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..config import PrunerSettings, PruningConfig, load_config
+from ..criteria import Wanda
+from ..criteria.activation import HessianStats
+from ..errors import ConfigError, NoMatchingLayersError, PruningError
+from ..pruner import Pruner
+from ..targets import Target, find_targets, prunable_layers, unwrap_model
+from .blocks import BlockInputs, Blocks, block_output, capture_inputs, check_batch, find_blocks, with_hidden
+from .owl import outlier_ratio, owl_sparsities
+from .report import OneShotBlock, OneShotLayer, OneShotReport
+from .sparsegpt import sparsegpt_
+
+__all__ = ["prune_oneshot_"]
+
+_ONESHOT_TYPES = ("magnitude", "wanda", "sparsegpt")
+
+
+def _settings(config: PruningConfig) -> list[PrunerSettings]:
+    settings = []
+    for s in config.resolved():
+        if s.criterion.needs_grad or s.criterion.fixed_mask:
+            why = "needs gradients" if s.criterion.needs_grad else "keeps the pattern a model has while it trains"
+            raise ConfigError(
+                f"{s.path}.prune_type: {s.prune_type!r} {why}, it does not prune one-shot; allowed in "
+                f"prune_oneshot_: {', '.join(_ONESHOT_TYPES)} (use {s.prune_type!r} with Pruning during training)"
+            )
+        settings.append(dataclasses.replace(s, start_step=0, end_step=0))
+    return settings
+
+
+def _targets(model: nn.Module, settings: list[PrunerSettings]) -> list[list[Target]]:
+    claimed: set[str] = set()
+    out = []
+    for s in settings:
+        mine = [t for t in find_targets(model, s.prune_layer_type, s.names, s.excluded) if t.name not in claimed]
+        claimed.update(t.name for t in mine)
+        if s.criterion.oneshot_only:
+            bad = [t.name for t in mine if t.kind not in ("Linear", "Conv1D")]
+            if bad:
+                raise ConfigError(
+                    f"{s.path}.prune_type: sparsegpt prunes Linear and Conv1D layers, not the convolutions {bad}; "
+                    "exclude them (not_to_prune_names) or prune them with another pruner using wanda"
+                )
+        out.append(mine)
+    if not claimed:
+        layers = [f"{t.name} ({t.kind})" for t in prunable_layers(model)]
+        raise NoMatchingLayersError(
+            "no layer of the model matches any pruner; check prune_layer_type, names and the exclusions. "
+            f"Prunable layers of this model: {layers or 'none'}"
+        )
+    return out
+
+
+def _block_of(name: str, blocks: Blocks) -> int | None:
+    if blocks.whole:
+        return 0
+    for i, prefix in enumerate(blocks.names):
+        if name == prefix or name.startswith(prefix + "."):
+            return i
+    return None
+
+
+def _progress(total: int, desc: str, enabled: bool) -> Any:
+    """A tqdm bar when tqdm is installed (optional dependency), else plain lines on stderr."""
+    if not enabled:
+        return _Plain(total, desc, quiet=True)
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return _Plain(total, desc, quiet=False)
+    return tqdm(total=total, desc=desc, unit="block")
+
+
+class _Plain:
+    def __init__(self, total: int, desc: str, quiet: bool) -> None:
+        self.total, self.desc, self.quiet, self.n = total, desc, quiet, 0
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if not self.quiet:
+            print(f"{self.desc}: block {self.n}/{self.total}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+def _move(module: nn.Module, device: torch.device | None) -> dict[str, torch.device]:
+    """Move *module* to *device*; return where each of its tensors was (for :func:`_restore`)."""
+    if device is None:
+        return {}
+    where = {name: t.device for name, t in [*module.named_parameters(), *module.named_buffers()]}
+    module.to(device)
+    return where
+
+
+def _restore(module: nn.Module, where: dict[str, torch.device]) -> None:
+    if not where:
+        return
+    devices = set(where.values())
+    if len(devices) == 1:
+        module.to(next(iter(devices)))
+        return
+    for name, t in [*module.named_parameters(), *module.named_buffers()]:
+        if name in where:
+            t.data = t.data.to(where[name])
+
+
+@contextmanager
+def _outside_blocks_on(model: nn.Module, blocks: Blocks, device: torch.device | None) -> Iterator[None]:
+    """The model's tensors outside the blocks (embeddings, rotary tables, ...) on *device* for the capture."""
+    if device is None or blocks.whole:
+        yield
+        return
+    inside = {id(t) for block in blocks.modules for t in [*block.parameters(), *block.buffers()]}
+    moved: list[tuple[torch.Tensor, torch.device]] = []
+    for t in [*model.parameters(), *model.buffers()]:
+        if id(t) not in inside and t.device != device:
+            moved.append((t, t.device))
+            t.data = t.data.to(device)
+    # non-persistent buffers held as plain attributes (e.g. rotary inv_freq) move with the module above
+    try:
+        yield
+    finally:
+        for t, where in moved:
+            t.data = t.data.to(where)
+
+
+def _first_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+@contextmanager
+def _calibration_mode(model: nn.Module) -> Iterator[None]:
+    """eval(), no KV cache, no grad; the model's own settings back afterwards."""
+    training = model.training
+    config = getattr(unwrap_model(model), "config", None)
+    use_cache = getattr(config, "use_cache", None)
+    model.eval()
+    if use_cache:
+        config.use_cache = False  # type: ignore[union-attr]
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(training)
+        if use_cache:
+            config.use_cache = use_cache  # type: ignore[union-attr]
+
+
+def _whole_inputs(calibration: Iterable[Any], device: torch.device) -> list[BlockInputs]:
+    if isinstance(calibration, torch.Tensor | Mapping) or not isinstance(calibration, Iterable):
+        raise PruningError(
+            f"calibration must be an iterable of batches (dicts of tensors or input-id tensors), not one "
+            f"{type(calibration).__name__}; e.g. pass [batch]"
+        )
+    out: list[BlockInputs] = []
+    for index, raw in enumerate(calibration):
+        batch = check_batch(raw, index)
+        if isinstance(batch, dict):
+            out.append(((), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}))
+        else:
+            out.append(((batch.to(device),), {}))
+    if not out:
+        raise PruningError("calibration is empty: give at least one batch (e.g. 128 sequences of 2048 tokens)")
+    return out
+
+
+def _tokens(inputs: list[BlockInputs]) -> int:
+    total = 0
+    for args, kwargs in inputs:
+        hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_ids"))
+        if isinstance(hidden, torch.Tensor):
+            total += hidden.numel() // (hidden.shape[-1] if hidden.is_floating_point() else 1)
+    return total
+
+
+def _check_statistics(pruners: list[Pruner], block: str) -> None:
+    for p in pruners:
+        crit = p.criterion
+        if not crit.needs_inputs:
+            continue
+        for layer, tokens in zip(p.layers, crit.tokens(), strict=True):  # type: ignore[attr-defined]
+            if tokens == 0:
+                raise PruningError(
+                    f"{layer.name} saw no input while {block or 'the model'} ran on the calibration data: it is not "
+                    "on the forward path; exclude it (not_to_prune_names) or prune it with magnitude"
+                )
+        bad = crit.nonfinite_layers()  # type: ignore[attr-defined]
+        if bad:
+            names = [p.layers[i].name for i in bad]
+            raise PruningError(
+                f"NaN/inf activations reach {names} in {block or 'the model'}: check the calibration batches "
+                "(token ids in range, attention masks) and the model's dtype (fp16 overflow: use bf16 or float32)"
+            )
+
+
+@torch.no_grad()
+def _sparsegpt_prune(pruner: Pruner) -> None:
+    sparsity = pruner.settings.final_sparsity
+    pattern = pruner.pattern
+    for layer, stats in zip(pruner.layers, pruner.criterion.stats, strict=True):  # type: ignore[attr-defined]
+        target = layer.target
+        weight = target.weight
+        hessian = stats.hessian() if isinstance(stats, HessianStats) else None
+        if hessian is None:  # unreachable: sparsegpt keeps Hessians
+            raise PruningError(f"sparsegpt has no Hessian for {layer.name}")
+        if sparsity <= 0.0:
+            continue
+        new, keep = sparsegpt_(target.to_2d(weight.detach()), hessian, sparsity, pattern, name=layer.name)
+        weight.copy_(target.from_2d(new.to(weight.dtype)))
+        layer.keep.copy_(pattern.reduce(keep.float()) > 0)
+    pruner.current_sparsity = sparsity
+    pruner._set_masks()
+    pruner.apply_masks()
+
+
+def _run(block: nn.Module, inputs: list[BlockInputs], whole: bool) -> list[torch.Tensor] | None:
+    outs = []
+    for args, kwargs in inputs:
+        out = block(*args, **kwargs)
+        if not whole:
+            outs.append(block_output(out))
+    return None if whole else outs
+
+
+def _owl_allocation(
+    settings: list[PrunerSettings],
+    in_block: list[list[list[Target]]],
+    blocks: Blocks,
+    inputs: list[BlockInputs],
+    device: torch.device | None,
+    progress: bool,
+) -> tuple[list[list[float]], list[list[float | None]]]:
+    """Per pruner and block: the OWL sparsity and outlier ratio (a dense block-by-block pass)."""
+    n = len(blocks.modules)
+    sparsity = [[s.final_sparsity] * n for s in settings]
+    ratios: list[list[float | None]] = [[None] * n for _ in settings]
+    owl = [i for i, s in enumerate(settings) if s.owl]
+    current = list(inputs)
+    bar = _progress(n, "OWL outlier ratios", progress)
+    try:
+        for b, block in enumerate(blocks.modules):
+            where = _move(block, device)
+            try:
+                criteria: list[tuple[int, Pruner]] = []
+                for i in owl:
+                    s = dataclasses.replace(settings[i], prune_type="wanda", criterion=Wanda)
+                    p = Pruner(s, in_block[i][b])
+                    if p.layers:
+                        p.criterion.count_eval = True  # type: ignore[attr-defined]
+                        criteria.append((i, p))
+                try:
+                    outs = _run(block, current, blocks.whole)
+                    _check_statistics([p for _, p in criteria], blocks.names[b])
+                    for i, p in criteria:
+                        ratios[i][b] = outlier_ratio(p.criterion.element_scores(), settings[i].owl_m)  # type: ignore[attr-defined]
+                finally:
+                    for _, p in criteria:
+                        p.criterion.remove_hooks()
+                if outs is not None and b + 1 < n:
+                    current = [with_hidden(x, o) for x, o in zip(current, outs, strict=True)]
+            finally:
+                _restore(block, where)
+            bar.update(1)
+    finally:
+        bar.close()
+    for i in owl:
+        s = settings[i]
+        present = [b for b in range(n) if ratios[i][b] is not None]
+        weights = [sum(t.weight.numel() for t in in_block[i][b]) for b in present]
+        values = owl_sparsities(
+            [float(ratios[i][b]) for b in present],  # type: ignore[arg-type]
+            weights,
+            s.final_sparsity,
+            s.owl_lambda,
+            cap=s.max_sparsity_ratio_per_layer,
+        )
+        for b, v in zip(present, values, strict=True):
+            sparsity[i][b] = v
+    return sparsity, ratios
+
+
+def prune_oneshot_(
+    model: nn.Module,
+    config: str | os.PathLike[str] | Mapping[str, Any] | PruningConfig,
+    calibration: Iterable[Any],
+    *,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+    restore_on_error: bool = True,
+) -> OneShotReport:
+    """Prune *model* in place, now, from calibration data, one transformer block at a time.
+
+    The inputs of block b are the outputs of the already pruned blocks < b, so memory holds one
+    block's activations at a time (SPEC §11). For each block: the criterion's hooks collect the
+    input statistics of its layers while the cached inputs run through it (``wanda``: mean x²;
+    ``sparsegpt``: the Hessian), the block is pruned, and it runs again to give the next block's
+    inputs. ``magnitude`` needs no data. With ``owl: true`` a dense pass first gives each block
+    its own sparsity (OWL), with the target as the weighted mean.
+
+    Args:
+        model: any ``nn.Module``; transformers decoders (Llama-style ``model.layers``, GPT-2's
+            ``transformer.h``, BERT's ``encoder.layer``) are split into blocks; a model with no
+            layer list is one block (with a warning). Layers outside the blocks (e.g. ``lm_head``)
+            stay dense and are listed as skipped.
+        config: anything :class:`~pytorch_pruner.Pruning` takes, with ``prune_type`` ``wanda``,
+            ``sparsegpt`` or ``magnitude``; ``start_step``/``end_step`` are ignored. ``prune_domain``:
+            ``global`` ranks over the layers of one block, ``local`` per layer, ``row`` per output row
+            (sparsegpt chooses per 128-column block itself and ignores it).
+        calibration: an iterable of batches: dicts of tensors passed as ``model(**batch)``, or
+            integer tensors of input ids ``[batch, sequence]``.
+        device: run each block on this device (moved there one at a time and back after), e.g.
+            ``"cuda"`` for a model kept on the CPU; default: where the model is.
+        progress: a progress bar per block (tqdm when installed, else a line per block on stderr).
+        restore_on_error: keep a CPU copy of each block's original weights while the run lasts, so an
+            error at any block leaves the whole model as it was (costs host memory the size of the
+            pruned weights; ``False`` saves it, and an error then leaves the earlier blocks pruned).
+
+    Returns:
+        A :class:`~pytorch_pruner.oneshot.OneShotReport` (``print`` it for per-layer and per-block
+        tables). Pruned weights are exactly 0.
+
+    Raises:
+        ConfigError: the config is invalid, or asks for a criterion that can't prune one-shot.
+        NoMatchingLayersError: no layer matches the config.
+        PruningError: bad calibration data (wrong type, empty, NaN activations); the model is unchanged.
+
+    Example:
+        >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+        >>> batches = [{"input": torch.randn(4, 8)}]
+        >>> report = prune_oneshot_(model, {"prune_type": "wanda", "pattern": "1x1", "target_sparsity": 0.5},
+        ...                         batches, progress=False)  # doctest: +SKIP
+    """
+    started = time.perf_counter()
+    settings = _settings(load_config(config))
+    targets = _targets(model, settings)
+    blocks = find_blocks(model)
+    n = len(blocks.modules)
+    in_block: list[list[list[Target]]] = [[[] for _ in range(n)] for _ in settings]
+    outside: list[tuple[int, Target]] = []
+    for i, mine in enumerate(targets):
+        for t in mine:
+            b = _block_of(t.name, blocks)
+            if b is None:
+                outside.append((i, t))
+            else:
+                in_block[i][b].append(t)
+    dev = torch.device(device) if device is not None else None
+    backups: list[tuple[torch.Tensor, torch.Tensor]] = []
+    report = OneShotReport()
+    with _calibration_mode(model):
+        run_device = dev or _first_device(model)
+        if blocks.whole:
+            inputs = _whole_inputs(calibration, run_device)
+        else:
+            with _outside_blocks_on(model, blocks, dev):
+                inputs = capture_inputs(model, blocks.modules[0], calibration, run_device)
+        report.tokens = _tokens(inputs)
+        if any(s.owl for s in settings):
+            sparsity, ratios = _owl_allocation(settings, in_block, blocks, inputs, dev, progress)
+            report.owl = True
+        else:
+            sparsity = [[s.final_sparsity] * n for s in settings]
+            ratios = [[None] * n for _ in settings]
+        bar = _progress(n, "prune_oneshot_", progress)
+        try:
+            for b, block in enumerate(blocks.modules):
+                where = _move(block, dev)
+                try:
+                    pruners = _prune_block(
+                        settings, in_block, sparsity, b, block, inputs, blocks, backups, restore_on_error
+                    )
+                    if b + 1 < n and not blocks.whole:
+                        outs = _run(block, inputs, False)
+                        assert outs is not None
+                        inputs = [with_hidden(x, o) for x, o in zip(inputs, outs, strict=True)]
+                finally:
+                    _restore(block, where)
+                _record(report, pruners, b, blocks, ratios)
+                bar.update(1)
+        except BaseException:
+            for weight, saved in backups:
+                weight.copy_(saved.to(weight.device))
+            raise
+        finally:
+            bar.close()
+    for i, t in outside:
+        report.layers.append(
+            OneShotLayer(
+                -1,
+                t.name,
+                tuple(t.weight.shape),
+                settings[i].prune_type,
+                settings[i].pattern.name,
+                0.0,
+                float((t.weight == 0).float().mean()),
+                t.weight.numel(),
+                skipped="outside the transformer blocks (no calibration inputs); exclude it to silence this",
+            )
+        )
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _prune_block(
+    settings: list[PrunerSettings],
+    in_block: list[list[list[Target]]],
+    sparsity: list[list[float]],
+    b: int,
+    block: nn.Module,
+    inputs: list[BlockInputs],
+    blocks: Blocks,
+    backups: list[tuple[torch.Tensor, torch.Tensor]],
+    keep_backup: bool,
+) -> list[tuple[int, Pruner]]:
+    pruners: list[tuple[int, Pruner]] = []
+    try:
+        for i, s in enumerate(settings):
+            if not in_block[i][b]:
+                continue
+            p = Pruner(dataclasses.replace(s, target_sparsity=sparsity[i][b]), in_block[i][b])
+            if p.criterion.needs_inputs:
+                p.criterion.count_eval = True  # type: ignore[attr-defined]
+            pruners.append((i, p))
+        if any(p.criterion.needs_inputs and p.layers for _, p in pruners):
+            _run(block, inputs, True)
+            _check_statistics([p for _, p in pruners], blocks.names[b])
+        for _, p in pruners:
+            for layer in p.layers:
+                if keep_backup:
+                    backups.append((layer.target.weight, layer.target.weight.detach().to("cpu", copy=True)))
+            if p.criterion.oneshot_only:
+                _sparsegpt_prune(p)
+            else:
+                p.prune(0)
+    finally:
+        for _, p in pruners:
+            p.criterion.remove_hooks()
+    return pruners
+
+
+def _record(
+    report: OneShotReport, pruners: list[tuple[int, Pruner]], b: int, blocks: Blocks, ratios: list[list[float | None]]
+) -> None:
+    pruned = total = 0
+    target_weighted = 0.0
+    ratio: float | None = None
+    for i, p in pruners:
+        for layer in p.layers:
+            report.layers.append(
+                OneShotLayer(
+                    b,
+                    layer.name,
+                    tuple(layer.target.weight.shape),
+                    p.settings.prune_type,
+                    p.pattern.name,
+                    p.current_sparsity,
+                    layer.sparsity,
+                    layer.numel,
+                )
+            )
+            pruned += layer.pruned_elements
+            total += layer.numel
+            target_weighted += p.current_sparsity * layer.numel
+        for name, reason in p.skipped:
+            report.layers.append(OneShotLayer(b, name, (), p.settings.prune_type, p.pattern.name, 0.0, 0.0, 0, reason))
+        if ratios[i][b] is not None:
+            ratio = ratios[i][b]
+    if total:
+        report.blocks.append(OneShotBlock(b, blocks.names[b], ratio, target_weighted / total, pruned / total))

@@ -1,0 +1,129 @@
+"""SparseGPT: prune a layer and rebuild its kept weights from the Hessian of its inputs.
+
+Frantar & Alistarh, *SparseGPT: Massive Language Models Can Be Accurately Pruned in One-Shot*
+(arXiv:2301.00774). With ``H = (2/n) Σ x xᵀ`` over the calibration tokens (float32):
+
+1. dead inputs (``H_jj = 0``) get ``H_jj = 1`` and their weights ``W[:, j] = 0``;
+2. damping ``0.01 · mean(diag H)`` is added to the diagonal;
+3. ``U`` = the upper Cholesky factor of ``H⁻¹``;
+4. columns are taken in blocks of 128. In each block the pruned set is chosen from ``w² / U_jj²``
+   (unstructured and NxM: the lowest s-fraction of the block's units, at the block's start; N:M
+   at N/M: the N lowest of each row's M-group, at the group's first column); then column by
+   column the pruned weights are zeroed and the error ``(w − q) / U_jj`` is spread over the
+   block's later columns through row j of ``U``, and after the block over all later columns.
+
+The kept weights change (that is the reconstruction); the pruned ones are exactly 0.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..errors import PruningError
+from ..patterns import NInM, Pattern
+from ..selection import LayerUnits, lowest_k
+
+__all__ = ["BLOCK_SIZE", "DAMPING", "sparsegpt_"]
+
+BLOCK_SIZE = 128
+DAMPING = 0.01
+
+
+def _inverse_cholesky(h: torch.Tensor, name: str) -> torch.Tensor:
+    """Upper Cholesky factor of H⁻¹ (float32)."""
+    factor, info = torch.linalg.cholesky_ex(h)
+    if int(info) == 0:
+        inverse = torch.cholesky_inverse(factor)
+        upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+        if int(info) == 0:
+            return upper
+    raise PruningError(
+        f"sparsegpt: the Hessian of {name} is not positive definite even after damping; give more (or more "
+        "varied) calibration tokens, or prune this layer with wanda"
+    )
+
+
+def _block_choice(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch.Tensor:
+    """Bool [rows, cols] of the weights to prune in one column block, from element *score*."""
+    rows, cols = score.shape
+    reason = pattern.check(rows, cols)
+    if reason:
+        raise PruningError(f"sparsegpt: a block of {cols} columns can't take the pattern: {reason}")
+    reduced = pattern.reduce(score)
+    units = LayerUnits(pattern.unit_scores(reduced), pattern.unit_elements(rows, cols), rows * cols)
+    pruned = lowest_k(units.scores, units.units_for(sparsity))
+    keep = pattern.expand(pattern.keep_mask(pruned, reduced), rows, cols)
+    return ~keep
+
+
+@torch.no_grad()
+def sparsegpt_(
+    weight2d: torch.Tensor,
+    hessian: torch.Tensor,
+    sparsity: float,
+    pattern: Pattern,
+    *,
+    block_size: int = BLOCK_SIZE,
+    damping: float = DAMPING,
+    name: str = "the layer",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prune a ``[rows, cols]`` weight to *sparsity* with *pattern* and rebuild the kept weights.
+
+    Args:
+        weight2d: the layer's 2-D view (not modified).
+        hessian: ``[cols, cols]`` float32, ``(2/n) Σ x xᵀ`` of the layer's inputs.
+        sparsity: the fraction to prune (for N:M at N/M: every group loses N).
+        pattern: 1x1, NxM (M dividing *block_size*) or N:M.
+
+    Returns:
+        ``(new weight in float32, bool keep mask [rows, cols])``; pruned weights are exactly 0.
+
+    Raises:
+        PruningError: H is not positive definite after damping, or the pattern does not fit.
+
+    Example:
+        >>> from pytorch_pruner.patterns import parse_pattern
+        >>> w, keep = sparsegpt_(torch.randn(4, 8), torch.eye(8), 0.5, parse_pattern("1x1"))
+        >>> int((~keep).sum()), bool((w[~keep] == 0).all())
+        (16, True)
+    """
+    w = weight2d.detach().float().clone()
+    rows, cols = w.shape
+    h = hessian.detach().float().clone()
+    if h.shape != (cols, cols):
+        raise PruningError(f"sparsegpt: the Hessian of {name} is {tuple(h.shape)}, expected {(cols, cols)}")
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    w[:, dead] = 0.0
+    h.diagonal().add_(damping * float(torch.diagonal(h).mean()))
+    u = _inverse_cholesky(h, name)
+
+    nm = isinstance(pattern, NInM) and sparsity >= pattern.max_sparsity() - 1e-9
+    if nm and block_size % pattern.m:
+        raise PruningError(f"sparsegpt: pattern {pattern.name} needs M dividing the block size {block_size}")
+    prune = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
+    for i1 in range(0, cols, block_size):
+        i2 = min(i1 + block_size, cols)
+        block = w[:, i1:i2].clone()
+        u_block = u[i1:i2, i1:i2]
+        diag = torch.diagonal(u_block)
+        errors = torch.zeros_like(block)
+        chosen = prune[:, i1:i2]
+        if not nm:
+            chosen.copy_(_block_choice(block.pow(2) / diag.pow(2), pattern, sparsity))
+        for i in range(i2 - i1):
+            if nm and i % pattern.m == 0:
+                score = block[:, i : i + pattern.m].pow(2) / diag[i : i + pattern.m].pow(2)
+                lowest = torch.sort(score, dim=1, stable=True).indices[:, : pattern.n]
+                chosen[:, i : i + pattern.m].scatter_(1, lowest, True)
+            column = block[:, i]
+            kept = torch.where(chosen[:, i], torch.zeros_like(column), column)
+            err = (column - kept) / diag[i]
+            block[:, i:].sub_(err.unsqueeze(1) * u_block[i, i:].unsqueeze(0))
+            block[:, i] = kept
+            errors[:, i] = err
+        w[:, i1:i2] = block
+        if i2 < cols:
+            w[:, i2:].sub_(errors @ u[i1:i2, i2:])
+    w[prune] = 0.0
+    return w, ~prune
