@@ -76,8 +76,15 @@ class HessianStats:
     """``H = (2/n) Σ x xᵀ`` over the n input tokens of one layer (float32), kept as a running mean."""
 
     def __init__(self, features: int, device: torch.device) -> None:
-        self.h = torch.zeros(features, features, dtype=torch.float32, device=device)
+        self.features = features
+        self._h: torch.Tensor | None = None  # allocated at the first input (shared layers never need it)
         self.count = torch.zeros((), dtype=torch.float64, device=device)
+
+    @property
+    def h(self) -> torch.Tensor:
+        if self._h is None:
+            self._h = torch.zeros(self.features, self.features, dtype=torch.float32, device=self.count.device)
+        return self._h
 
     def update_(self, flat: torch.Tensor) -> None:
         tokens = flat.shape[0]
@@ -125,21 +132,38 @@ class _InputCriterion(Criterion):
         """Start collecting input statistics (a forward pre-hook per layer)."""
         if self._handles:
             return
-        for slot, stats in zip(self.slots, self.stats, strict=True):
+        for index, slot in enumerate(self.slots):
             assert slot.module is not None  # checked in __init__
-            self._handles.append(slot.module.register_forward_pre_hook(self._hook(stats)))
+            self._handles.append(slot.module.register_forward_pre_hook(self._hook(index)))
 
     def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+        self._last = None
 
-    def _hook(self, stats: Any) -> Any:
+    #: whether layers fed the very same input tensor (q/k/v, gate/up) share one statistics object
+    share_inputs: ClassVar[bool] = False
+    _last: tuple[torch.Tensor, int] | None = None
+
+    def _hook(self, index: int) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not args or not isinstance(args[0], torch.Tensor) or not (module.training or self.count_eval):
                 return
+            x = args[0]
+            if self.share_inputs:
+                last = self._last
+                if last is not None and last[0] is x and last[1] != index:
+                    owner = self.stats[last[1]]
+                    if self.stats[index] is owner:
+                        return  # already counted through the layer that shares it
+                    if int(self.stats[index].count) == 0 and self.repeats[index] == self.repeats[last[1]]:
+                        self.stats[index] = owner  # same input tensor: one Hessian for both
+                        return
+                self._last = (x, index)
+            stats = self.stats[index]
             cols = int(module.weight.numel() // module.weight.shape[0])
-            flat, _ = _features(module, args[0], cols)
+            flat, _ = _features(module, x, cols)
             with torch.no_grad():
                 stats.update_(flat.to(stats.count.device))
 
@@ -211,6 +235,7 @@ class SparseGPT(_InputCriterion):
     :func:`pytorch_pruner.oneshot.sparsegpt.sparsegpt_`, in :func:`~pytorch_pruner.prune_oneshot_`."""
 
     oneshot_only: ClassVar[bool] = True
+    share_inputs = True
     _stats_type = HessianStats
 
     @classmethod

@@ -22,7 +22,7 @@ from ..targets import Target, find_targets, prunable_layers, unwrap_model
 from .blocks import BlockInputs, Blocks, block_output, capture_inputs, check_batch, find_blocks, with_hidden
 from .owl import outlier_ratio, owl_sparsities
 from .report import OneShotBlock, OneShotLayer, OneShotReport
-from .sparsegpt import sparsegpt_
+from .sparsegpt import prepare_hessian, sparsegpt_
 
 __all__ = ["prune_oneshot_"]
 
@@ -214,15 +214,21 @@ def _check_statistics(pruners: list[Pruner], block: str) -> None:
 def _sparsegpt_prune(pruner: Pruner) -> None:
     sparsity = pruner.settings.final_sparsity
     pattern = pruner.pattern
+    prepared: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}  # shared Hessians once
     for layer, stats in zip(pruner.layers, pruner.criterion.stats, strict=True):  # type: ignore[attr-defined]
         target = layer.target
         weight = target.weight
-        hessian = stats.hessian() if isinstance(stats, HessianStats) else None
-        if hessian is None:  # unreachable: sparsegpt keeps Hessians
+        if not isinstance(stats, HessianStats):  # unreachable: sparsegpt keeps Hessians
             raise PruningError(f"sparsegpt has no Hessian for {layer.name}")
         if sparsity <= 0.0:
             continue
-        new, keep = sparsegpt_(target.to_2d(weight.detach()), hessian, sparsity, pattern, name=layer.name)
+        if id(stats) not in prepared:
+            hessian = stats.hessian()
+            prepared[id(stats)] = (hessian, prepare_hessian(hessian, name=layer.name))
+        hessian, ready = prepared[id(stats)]
+        new, keep = sparsegpt_(
+            target.to_2d(weight.detach()), hessian, sparsity, pattern, name=layer.name, prepared=ready
+        )
         weight.copy_(target.from_2d(new.to(weight.dtype)))
         layer.keep.copy_(pattern.reduce(keep.float()) > 0)
     pruner.current_sparsity = sparsity
@@ -342,10 +348,14 @@ def prune_oneshot_(
         PruningError: bad calibration data (wrong type, empty, NaN activations); the model is unchanged.
 
     Example:
+        >>> import warnings
         >>> model = nn.Sequential(nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
-        >>> batches = [{"input": torch.randn(4, 8)}]
-        >>> report = prune_oneshot_(model, {"prune_type": "wanda", "pattern": "1x1", "target_sparsity": 0.5},
-        ...                         batches, progress=False)  # doctest: +SKIP
+        >>> config = {"prune_type": "wanda", "pattern": "1x1", "target_sparsity": 0.5, "prune_domain": "row"}
+        >>> with warnings.catch_warnings():  # no transformer blocks here: one block, with a warning
+        ...     warnings.simplefilter("ignore")
+        ...     report = prune_oneshot_(model, config, [{"input": torch.randn(4, 8)}], progress=False)
+        >>> report.sparsity, int((model[2].weight == 0).sum())
+        (0.5, 8)
     """
     started = time.perf_counter()
     settings = _settings(load_config(config))

@@ -23,7 +23,7 @@ from ..errors import PruningError
 from ..patterns import NInM, Pattern
 from ..selection import LayerUnits, lowest_k
 
-__all__ = ["BLOCK_SIZE", "DAMPING", "sparsegpt_"]
+__all__ = ["BLOCK_SIZE", "DAMPING", "prepare_hessian", "sparsegpt_"]
 
 BLOCK_SIZE = 128
 DAMPING = 0.01
@@ -57,6 +57,19 @@ def _block_choice(score: torch.Tensor, pattern: Pattern, sparsity: float) -> tor
 
 
 @torch.no_grad()
+def prepare_hessian(
+    hessian: torch.Tensor, *, damping: float = DAMPING, name: str = "the layer"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, dead)``: the upper Cholesky factor of the damped ``H⁻¹`` and the dead inputs
+    (``H_jj = 0``), steps 1-3. Layers that read the same input (q/k/v, gate/up) share it."""
+    h = hessian.detach().float().clone()
+    dead = torch.diagonal(h) == 0
+    h[dead, dead] = 1.0
+    h.diagonal().add_(damping * float(torch.diagonal(h).mean()))
+    return _inverse_cholesky(h, name), dead
+
+
+@torch.no_grad()
 def sparsegpt_(
     weight2d: torch.Tensor,
     hessian: torch.Tensor,
@@ -66,6 +79,7 @@ def sparsegpt_(
     block_size: int = BLOCK_SIZE,
     damping: float = DAMPING,
     name: str = "the layer",
+    prepared: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune a ``[rows, cols]`` weight to *sparsity* with *pattern* and rebuild the kept weights.
 
@@ -74,6 +88,8 @@ def sparsegpt_(
         hessian: ``[cols, cols]`` float32, ``(2/n) Σ x xᵀ`` of the layer's inputs.
         sparsity: the fraction to prune (for N:M at N/M: every group loses N).
         pattern: 1x1, NxM (M dividing *block_size*) or N:M.
+        prepared: :func:`prepare_hessian` of *hessian*, when already computed (then *hessian*
+            is only checked for its shape).
 
     Returns:
         ``(new weight in float32, bool keep mask [rows, cols])``; pruned weights are exactly 0.
@@ -89,14 +105,10 @@ def sparsegpt_(
     """
     w = weight2d.detach().float().clone()
     rows, cols = w.shape
-    h = hessian.detach().float().clone()
-    if h.shape != (cols, cols):
-        raise PruningError(f"sparsegpt: the Hessian of {name} is {tuple(h.shape)}, expected {(cols, cols)}")
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
+    if hessian.shape != (cols, cols):
+        raise PruningError(f"sparsegpt: the Hessian of {name} is {tuple(hessian.shape)}, expected {(cols, cols)}")
+    u, dead = prepared if prepared is not None else prepare_hessian(hessian, damping=damping, name=name)
     w[:, dead] = 0.0
-    h.diagonal().add_(damping * float(torch.diagonal(h).mean()))
-    u = _inverse_cholesky(h, name)
 
     nm = isinstance(pattern, NInM) and sparsity >= pattern.max_sparsity() - 1e-9
     if nm and block_size % pattern.m:
