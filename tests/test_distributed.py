@@ -85,12 +85,28 @@ def _fsdp2_is_refused() -> str:
     return str(err.value)
 
 
+def _input_statistics(rank: int) -> dict[str, torch.Tensor]:
+    """wanda's mean x^2 and sparsegpt's Hessian from this rank's share of the tokens (all-reduced)."""
+    from pytorch_pruner.criteria import ActivationStats, HessianStats
+
+    mean, hessian = ActivationStats(3, torch.device("cpu")), HessianStats(3, torch.device("cpu"))
+    tokens = _STATS_TOKENS[rank]
+    mean.update_(tokens)
+    hessian.update_(tokens)
+    return {"mean_sq": mean.mean(), "hessian": hessian.hessian()}
+
+
+# ranks see different numbers of tokens: the all-reduce must weight by count
+_STATS_TOKENS = [torch.arange(6.0).reshape(2, 3), torch.arange(12.0).reshape(4, 3) - 5.0]
+
+
 def _worker(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         result = _train_ddp(rank)
         result["fsdp2_error"] = _fsdp2_is_refused()
+        result["statistics"] = _input_statistics(rank)
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -129,3 +145,10 @@ def test_fsdp2_sharded_weights_are_refused_with_a_way_out(ranks: list[dict[str, 
     for result in ranks:
         assert "not supported yet" in result["fsdp2_error"]
         assert "DistributedDataParallel" in result["fsdp2_error"]
+
+
+def test_input_statistics_are_all_reduced_as_one_process_would_count_them(ranks: list[dict[str, Any]]) -> None:
+    everything = torch.cat(_STATS_TOKENS)
+    for result in ranks:
+        torch.testing.assert_close(result["statistics"]["mean_sq"], everything.pow(2).mean(0))
+        torch.testing.assert_close(result["statistics"]["hessian"], 2.0 / 6 * everything.t() @ everything)

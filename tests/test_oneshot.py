@@ -157,9 +157,19 @@ def test_sparsegpt_during_training_is_a_config_error() -> None:
         pruning.on_train_begin(tiny_llama())
 
 
-def test_sparsegpt_refuses_channel_patterns_at_load() -> None:
+def test_sparsegpt_refuses_patterns_that_do_not_fit_its_column_blocks_at_load() -> None:
     with pytest.raises(ConfigError, match=r"sparsegpt.*channelx1"):
         Pruning(cfg("sparsegpt", "channelx1"))
+    with pytest.raises(ConfigError, match=r"'1x3' needs M dividing 128"):
+        Pruning(cfg("sparsegpt", "1x3"))
+
+
+def test_layers_outside_the_blocks_stay_dense_with_a_warning() -> None:
+    model = tiny_llama()
+    with pytest.warns(UserWarning, match=r"outside the transformer blocks stay dense.*lm_head"):
+        report = prune_oneshot_(model, {**cfg("wanda"), "not_to_prune_names": []}, calibration(), progress=False)
+    assert model.lm_head.weight.ne(0).all()
+    assert [r.name for r in report.layers if r.skipped] == ["lm_head"]
 
 
 # -- OWL ---------------------------------------------------------------------------------------

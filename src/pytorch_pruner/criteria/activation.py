@@ -241,6 +241,11 @@ class SparseGPT(_InputCriterion):
     @classmethod
     def check_settings(cls, pattern: Pattern, prune_domain: str) -> str | None:
         if isinstance(pattern, NInM | NxM):
+            if 128 % pattern.m:
+                return (
+                    f"prune_type 'sparsegpt' chooses the mask per block of 128 input columns; pattern "
+                    f"{pattern.name!r} needs M dividing 128 (e.g. '4x1', '1x4', '2:4', '4:8')"
+                )
             return None
         return (
             f"prune_type 'sparsegpt' chooses the mask per block of 128 input columns, which pattern "

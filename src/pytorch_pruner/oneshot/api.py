@@ -6,6 +6,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
@@ -371,6 +372,12 @@ def prune_oneshot_(
                 outside.append((i, t))
             else:
                 in_block[i][b].append(t)
+    if outside:
+        warnings.warn(
+            f"prune_oneshot_: layers outside the transformer blocks stay dense (no calibration inputs reach them "
+            f"block by block): {[t.name for _, t in outside]}; exclude them (not_to_prune_names) to silence this",
+            stacklevel=2,
+        )
     dev = torch.device(device) if device is not None else None
     backups: list[tuple[torch.Tensor, torch.Tensor]] = []
     report = OneShotReport()
