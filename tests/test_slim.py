@@ -376,5 +376,7 @@ def test_grouped_conv_is_reported() -> None:
 
 
 def test_unknown_model_is_a_clear_error() -> None:
-    with pytest.raises(SlimmingError, match=r"cannot slim LSTM: slimming knows BERT-style encoders .* nn.Sequential"):
+    with pytest.raises(SlimmingError, match=r"cannot slim LSTM: torch.fx cannot trace its forward .* left unchanged"):
         slim_(nn.LSTM(4, 4))
+    with pytest.raises(SlimmingError, match=r"cannot slim Embedding: its traced forward calls no Linear or Conv2d"):
+        slim_(nn.Embedding(4, 4))
