@@ -22,7 +22,13 @@ With ``--compile`` both models are also compiled by ``torch.compile`` (inductor,
 timed the same way: a deployment that compiles removes Python and per-op overhead from both, so
 its speedup is closer to the ratio of multiply-adds.
 
+Decoder part (``--decoder``, benchmarks/decoder_speed.py): a Llama-shaped model (hidden 1024, GQA
+4:1) with 25% / 50% of its MLP channels and 25% of its query heads slimmed away: prefill latency at
+512 tokens and greedy decode tokens/s at batch 1 and 8, beside the FLOP ratio and the ratio of
+weight bytes read; on CUDA also in bfloat16 with the 2:4 export of the same shapes.
+
 Run:  python benchmarks/inference.py            (all defaults, about ten minutes on one core)
+      python benchmarks/inference.py --decoder  (the decoder table, a few minutes on two cores)
       python benchmarks/inference.py --models mini --batch 1 --repeats 5   (quick)
       python benchmarks/inference.py --ffn 0.5 --heads 0 --compile   (eager and compiled at 50% FFN)
 """
@@ -217,16 +223,21 @@ def main() -> None:
         "--csr", nargs="*", type=float, default=[0.8, 0.9, 0.95], help="4x1 sparsities of the CSR part (none: skip)"
     )
     parser.add_argument("--no-cpu", action="store_true", help="skip the CPU part")
+    decoder = parser.add_argument_group("decoder LLM part (--decoder)")
+    decoder.add_argument("--decoder", action="store_true", help="time a Llama-shaped decoder instead of BERT")
+    decoder.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: bfloat16, and 2:4 export")
+    decoder.add_argument("--mlp", nargs="+", type=float, default=[0.25, 0.5], help="MLP channel sparsities")
+    decoder.add_argument("--layers", type=int, default=4, help="decoder layers")
+    decoder.add_argument("--prompt", type=int, default=512, help="prefill tokens")
+    decoder.add_argument("--new", type=int, default=32, help="greedy decode tokens")
+    decoder.add_argument("--decoder-batch", nargs="+", type=int, default=[1, 8], help="decode batch sizes")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    if args.decoder:
+        decoder_main(args)
+        return
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    print(f"CPU: {cpu}, {args.threads} threads; torch {torch.__version__}; seq {args.seq}")
+    print(f"{cpu_name()}, {args.threads} threads; torch {torch.__version__}; seq {args.seq}")
     if not args.no_cpu:
         headers = ["model", "FFN pruned", "heads pruned", "batch", "encoder Mparams", "dense ms", "slim ms",
                    "slim seq/s", "speedup", "FLOP ratio", "max |diff|"]  # fmt: skip
@@ -244,6 +255,37 @@ def main() -> None:
         print(tabulate(gpu_table(args), headers=headers, tablefmt="github"))
     else:
         print(f"\nGPU part skipped: {why_not}")
+
+
+def decoder_main(args: argparse.Namespace) -> None:
+    import decoder_speed  # benchmarks/decoder_speed.py, beside this script
+
+    args.batch = args.decoder_batch
+    print(f"{cpu_name()}, {args.threads} threads; torch {torch.__version__}; device {args.device}; "
+          f"Llama-shaped {decoder_speed.SHAPE} x {args.layers} layers; {args.repeats} interleaved rounds")  # fmt: skip
+    if args.device == "cuda" and decoder_speed.gpu_available() is not None:
+        print(f"CUDA part skipped: {decoder_speed.gpu_available()}")
+        return
+    rows, headers = decoder_speed.decoder_table(args)
+    print(tabulate(rows, headers=headers, tablefmt="github"))
+    if args.device == "cuda":
+        why_not = semi_structured_support()
+        if why_not is None:
+            print("\n2:4 export (to_semi_structured_) of the dense model's decoder layers, bfloat16 prefill")
+            headers = ["layers 2:4", "dense ms", "2:4 ms", "speedup"]
+            print(tabulate(decoder_speed.semi_structured_table(args), headers=headers, tablefmt="github"))
+        else:
+            print(f"2:4 export skipped: {why_not}")
+
+
+def cpu_name() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU: {cpu}"
 
 
 if __name__ == "__main__":

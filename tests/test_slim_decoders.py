@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pytorch_pruner import prune_
+from pytorch_pruner import parse_pattern, prune_
+from pytorch_pruner.errors import ConfigError
 from pytorch_pruner.speed import SlimmingError, gqa_keep, load_slimmed, slim_
 
 transformers = pytest.importorskip("transformers")
@@ -179,6 +180,34 @@ def test_gqa_keep_counts() -> None:
     assert int(q.sum()) == 1 and int(kv.sum()) == 1 and padded == 0
     q, kv, _ = gqa_keep(silent, kv_heads=2, groups=2, per_group=2)  # widened for uniform sizes
     assert int(kv.sum()) == 2 and int(q.sum()) == 4
+
+
+@pytest.mark.parametrize("domain", ["local", "global"])
+def test_gqa_head_pattern_prunes_groups_evenly_and_slims_without_padding(domain: str, tmp_path) -> None:
+    model = _decoder("llama")
+    pruner = {"names": [r"self_attn\.o_proj$"], "pattern": "gqa_head:4:4", "target_sparsity": 0.5}
+    prune_(model, {"prune_domain": domain, "pruners": [pruner]})
+    silent = [layer.self_attn.o_proj.weight.view(32, 2, 4, 4).eq(0).all(dim=(0, 3)) for layer in model.model.layers]
+    per_group = [s.sum(dim=1).tolist() for s in silent]
+    assert all(len(set(counts)) == 1 for counts in per_group)  # every KV group lost as many query heads
+    assert sum(sum(counts) for counts in per_group) == 8  # half of 2 layers x 8 heads
+    tokens = _tokens()
+    masked = copy.deepcopy(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # even groups: no zero head kept
+        slim_(model)
+    assert [layer.self_attn.q_proj.out_features // 4 for layer in model.model.layers] == [8 - sum(c) for c in per_group]
+    torch.testing.assert_close(_logits(model, tokens), _logits(masked, tokens), atol=1e-5, rtol=1e-5)
+    model.save_pretrained(tmp_path)
+    loaded = load_slimmed(transformers.AutoModelForCausalLM, tmp_path)
+    assert torch.equal(_generate(loaded, tokens), _generate(masked, tokens))
+
+
+def test_gqa_head_pattern_checks_its_shape() -> None:
+    assert "whole groups of 4 heads of 5; the 2-D weight is [8, 32]" in parse_pattern("gqa_head:5:4").check(8, 32)
+    assert parse_pattern("gqa_head:4:4").check(8, 32) is None
+    with pytest.raises(ConfigError, match=r"must be at least 1"):
+        parse_pattern("gqa_head:0:4")
 
 
 # -- refusals leave the model as it was -----------------------------------------------------------

@@ -5,11 +5,12 @@ from __future__ import annotations
 from ..errors import ConfigError, PatternError
 from .base import PATTERNS, Pattern
 from .channel import Channel
+from .gqa import GroupedHeads
 from .head import ChannelGroup
 from .nm import NInM
 from .nxm import NxM
 
-__all__ = ["PATTERNS", "Channel", "ChannelGroup", "NInM", "NxM", "Pattern", "parse_pattern"]
+__all__ = ["PATTERNS", "Channel", "ChannelGroup", "GroupedHeads", "NInM", "NxM", "Pattern", "parse_pattern"]
 
 
 def parse_pattern(text: object, path: str = "pattern") -> Pattern:
@@ -25,7 +26,8 @@ def parse_pattern(text: object, path: str = "pattern") -> Pattern:
     """
     allowed = (
         "NxM (e.g. '4x1', '1x1'), N:M with 1 <= N < M (e.g. '2:4'), 'channelx1', '1xchannel', "
-        "groups of K columns or rows 'channelxK' / 'Kxchannel', attention heads 'head:<head_dim>'"
+        "groups of K columns or rows 'channelxK' / 'Kxchannel', attention heads 'head:<head_dim>', "
+        "query heads evenly in GQA groups 'gqa_head:<head_dim>:<group>'"
     )
     if not isinstance(text, str):
         raise ConfigError(f"{path}: {text!r} is not a pattern string; allowed: {allowed}")

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .families import SLIMMERS, Slimmer
+from .families import SLIMMERS, Slimmer, model_type
 from .parts import SlimmedLayer, SlimmingError, SlimPlan, new_conv1d, new_linear
 
 __all__ = ["GPT2Slimmer", "LlamaSlimmer", "gqa_keep"]
@@ -243,7 +243,7 @@ class LlamaSlimmer(_DecoderSlimmer):
     MLP ``mlp.{gate,up,down}_proj`` (see the module doc)."""
 
     def _layers(self, model: nn.Module) -> list[tuple[str, Any]]:
-        return _layers_of(model, LLAMA_TYPES[str(model.config.model_type)])
+        return _layers_of(model, LLAMA_TYPES[str(model_type(model))])
 
     def _layer_parts(self, model: nn.Module, name: str, layer: Any) -> tuple[torch.Tensor, torch.Tensor, int, int]:
         attn, mlp = getattr(layer, "self_attn", None), getattr(layer, "mlp", None)
@@ -310,7 +310,7 @@ def _accepted(config: Any, update: dict[str, Any]) -> bool:
     """Whether transformers accepts *config* with *update* (its config classes validate sizes)."""
     try:
         type(config).from_dict({**config.to_dict(), **update})
-    except (ValueError, TypeError):
+    except Exception:  # huggingface_hub's StrictDataclassClassValidationError is no ValueError
         return False
     return True
 
