@@ -380,3 +380,22 @@ def test_unknown_model_is_a_clear_error() -> None:
         slim_(nn.LSTM(4, 4))
     with pytest.raises(SlimmingError, match=r"cannot slim Embedding: its traced forward calls no Linear or Conv2d"):
         slim_(nn.Embedding(4, 4))
+
+
+def test_module_wrapping_a_transformers_model_is_slimmed_by_its_family(bert_config, tokens) -> None:
+    class Classifier(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder, self.head = _bert(bert_config), nn.Linear(32, 2)
+
+        def forward(self, ids: torch.Tensor) -> torch.Tensor:
+            return self.head(self.encoder(ids).last_hidden_state)
+
+    net = Classifier().eval()
+    _prune(net, {"names": [FFN_LAYERS], "pattern": "channelx1", "target_sparsity": 0.5})
+    with torch.no_grad():
+        before = net(tokens)
+    report = slim_(net)
+    assert report.removed == 64 and net.encoder.config.slimmed_intermediate_sizes is not None
+    with torch.no_grad():
+        torch.testing.assert_close(net(tokens), before, atol=1e-5, rtol=1e-5)

@@ -5,9 +5,9 @@ A pruned model still does every multiply, zeros included. After structured pruni
 smaller: a dense model with fewer units that computes *the same outputs* as the masked one, and is
 faster on any hardware. :func:`slim_` picks the slimmer by what the model is:
 
-* a transformers model: the slimmer registered for its ``config.model_type``
-  (:data:`~pytorch_pruner.speed.SLIMMERS`: the BERT family, Llama, Mistral, Qwen2/3, Gemma, GPT-2);
-  any other model type is refused, unchanged;
+* a transformers model, or a module holding some: the slimmer registered for each one's
+  ``config.model_type`` (:data:`~pytorch_pruner.speed.SLIMMERS`: the BERT family, Llama, Mistral,
+  Qwen2/3, Gemma, GPT-2); any other model type is refused, unchanged;
 * an ``nn.Sequential``: :func:`~pytorch_pruner.speed.slim_sequential_`;
 * any other module: traced with torch.fx, :func:`~pytorch_pruner.speed.slim_traced_`.
 """
@@ -25,6 +25,18 @@ from .families import model_type, slimmer_for
 from .parts import SlimReport
 
 __all__ = ["slim_"]
+
+
+def _transformers_models(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """*model* itself when it is a transformers model, else the outermost transformers models it
+    holds (a user's class wrapping a BertModel), by ``config.model_type``."""
+    if model_type(model) is not None:
+        return [("", model)]
+    found: list[tuple[str, nn.Module]] = []
+    for name, sub in model.named_modules():
+        if model_type(sub) is not None and not any(name.startswith(f"{outer}.") for outer, _ in found):
+            found.append((name, sub))
+    return found
 
 
 def slim_(model: nn.Module, *, exact: bool = True, uniform: bool = False, uniform_ffn: bool = False) -> SlimReport:
@@ -59,9 +71,15 @@ def slim_(model: nn.Module, *, exact: bool = True, uniform: bool = False, unifor
     # a torch.compile / DDP wrapper only holds the model: slim what it holds (the wrapper's compiled
     # graphs are for the old shapes; call the slimmed model, or compile it again)
     model = unwrap_model(model)
-    if model_type(model) is not None:
-        plan = slimmer_for(model).plan(model, uniform=uniform, uniform_ffn=uniform_ffn)
-        report = plan.apply(model)
+    parts = _transformers_models(model)
+    if parts:
+        # plan every part before cutting any: a refusal of one leaves all unchanged
+        plans = [(sub, slimmer_for(sub).plan(sub, uniform=uniform, uniform_ffn=uniform_ffn)) for _, sub in parts]
+        report = SlimReport()
+        for sub, plan in plans:
+            part = plan.apply(sub)
+            report.slimmed += part.slimmed
+            report.skipped += part.skipped
     elif isinstance(model, nn.Sequential):
         report = slim_sequential_(model, exact=exact)
     else:
