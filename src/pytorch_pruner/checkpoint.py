@@ -29,7 +29,14 @@ from .targets import unwrap_model
 if TYPE_CHECKING:
     from .pruning import Pruning
 
-__all__ = ["CHECKPOINT_FORMAT", "check_model_state", "load_checkpoint", "read_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "check_model_state",
+    "load_checkpoint",
+    "read_checkpoint",
+    "save_checkpoint",
+    "write_atomically",
+]
 
 #: Version of the checkpoint layout written by :func:`save_checkpoint`.
 CHECKPOINT_FORMAT = 1
@@ -75,11 +82,11 @@ def save_checkpoint(
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, lambda tmp: torch.save(payload, tmp))
+    write_atomically(path, lambda tmp: torch.save(payload, tmp))
     return path
 
 
-def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Call ``write(tmp)`` on a temporary name next to *path*, then rename it to *path*.
 
     A crash or an error mid-write leaves an earlier file at *path* intact and no temporary behind;
@@ -96,7 +103,7 @@ def _write_atomically(path: Path, write: Callable[[Path], object]) -> None:
 
 def _check_same_model(model: nn.Module, pruning: Pruning, caller: str) -> None:
     """Refuse a *model* other than the one *pruning* works on (its masks would miss the weights)."""
-    pruning._require_started(caller)
+    pruning.require_started(caller)
     pruned = pruning.model
     if pruned is not None and unwrap_model(pruned) is not unwrap_model(model):
         raise StateError(

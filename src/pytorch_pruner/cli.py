@@ -3,6 +3,7 @@
 ::
 
     pytorch-pruner validate CONFIG                 # OK, or every bad value with its path (exit 1)
+    pytorch-pruner keys [--markdown]               # every config key (the README's table)
     pytorch-pruner layers CONFIG --model SPEC      # dry run: what each pruner selects or skips, and why
     pytorch-pruner report FILE [--json] [--plot out.png]     # a sparse model file/folder or a checkpoint
     pytorch-pruner schedule CONFIG [--steps N] [--set k=v] [--json] [--plot out.png]
@@ -23,13 +24,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
 from torch import nn
 
-from .config import PruningConfig, load_config
-from .config.loading import _Loader
-from .config.schema import check_value, normalize_key
-from .errors import ConfigError, PruningError, StateError
+from .config import KEYS, PruningConfig, config_errors, keys_markdown, load_config, parse_yaml
+from .errors import PruningError, StateError
 from .report import SparsityReport
 from .targets import LAYER_KINDS, prunable_layers
 
@@ -43,52 +41,15 @@ class _UsageError(Exception):
 
 
 # -- validate ----------------------------------------------------------------------------------
-def _key_errors(data: Any) -> list[str]:
-    """Check every key of a parsed config on its own, so that all bad values are listed at once."""
-    from .config.loading import _SECTION
-
-    inner = data
-    if isinstance(data, dict) and "pruning" in data:
-        for part in _SECTION:
-            inner = inner.get(part) if isinstance(inner, dict) else None
-    if not isinstance(inner, dict):
-        return []
-    errors = []
-
-    def check(mapping: Any, path: str, extra: tuple[str, ...] = ()) -> None:
-        if not isinstance(mapping, dict):
-            return
-        for key, value in mapping.items():
-            try:
-                name = normalize_key(key, path, extra)
-                if name not in extra and value is not None:
-                    check_value(name, value, f"{path}{key}")
-            except ConfigError as err:
-                errors.append(str(err))
-
-    check(inner, "", ("pruners", "pruning_configs"))
-    items = inner.get("pruners", inner.get("pruning_configs"))
-    for i, item in enumerate(items if isinstance(items, list) else []):
-        check(item, f"pruners[{i}].")
-    return errors
-
-
 def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     path = Path(args.config)
-    try:
-        config = load_config(path)
-    except ConfigError as error:
-        errors = [str(error)]
-        if path.is_file():
-            try:
-                more = _key_errors(yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader))
-            except yaml.YAMLError:
-                more = []
-            errors = more or errors
+    errors = config_errors(path)
+    if errors:
         print(f"{path}: {len(errors)} error(s)", file=err)
         for line in errors:
             print(f"  {line}", file=err)
         return _BAD_INPUT
+    config = load_config(path)
     settings = config.resolved()
     print(f"OK: {path} ({len(settings)} pruner(s))", file=out)
     for s in settings:
@@ -106,6 +67,17 @@ def _validate(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
                 "(e.g. with update_items_for_all_pruners) before training",
                 file=out,
             )
+    return _OK
+
+
+# -- keys ------------------------------------------------------------------------------------
+def _keys(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if args.markdown:
+        print(keys_markdown(), end="", file=out)
+        return _OK
+    table = [["key", "default", "allowed", "aliases"]]
+    table += [[k.name, repr(k.default), k.allowed_text(), ", ".join(k.aliases)] for k in KEYS]
+    print(_columns(table), file=out)
     return _OK
 
 
@@ -267,7 +239,7 @@ def _config_with_sets(args: argparse.Namespace) -> PruningConfig:
         if not sep or not key:
             raise _UsageError(f"--set {item!r}: expected KEY=VALUE, e.g. --set start_step=100")
         # the config's own YAML rules: with plain safe_load (YAML 1.1) `2:4` would be the int 124
-        items[key.strip()] = yaml.load(value, Loader=_Loader)
+        items[key.strip()] = parse_yaml(value, f"--set {key.strip()}")
     return config.with_pruner_items(**items) if items else config
 
 
@@ -323,6 +295,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("validate", help="check a config: OK, or every bad value with its path")
     p.add_argument("config", help="YAML config (the seed format)")
     p.set_defaults(run=_validate)
+
+    p = sub.add_parser("keys", help="every config key: default, allowed values, aliases, meaning")
+    p.add_argument("--markdown", action="store_true", help="print the README's markdown table")
+    p.set_defaults(run=_keys)
 
     p = sub.add_parser("layers", help="dry run: which layers each pruner selects or skips, and why")
     p.add_argument("config")

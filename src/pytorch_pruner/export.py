@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .checkpoint import _write_atomically, check_model_state
+from .checkpoint import check_model_state, write_atomically
 from .errors import StateError
 from .targets import unwrap_model
 
@@ -85,7 +85,7 @@ def squash(pruning: Pruning) -> nn.Module:
         >>> plain is model, int((model[0].weight == 0).sum())
         (True, 32)
     """
-    pruning._require_started("squash")
+    pruning.require_started("squash")
     from torch.nn.utils import parametrize
 
     for pruner in pruning.pruners:
@@ -94,7 +94,7 @@ def squash(pruning: Pruning) -> nn.Module:
             if parametrize.is_parametrized(module, "weight"):
                 # someone else's parametrization: keep what the model computes now, then drop it
                 parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-        pruner._set_masks()
+        pruner.refresh_masks()
         pruner.apply_masks()
         pruner.criterion.remove_hooks()
     model = pruning.model
@@ -237,7 +237,7 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, lambda tmp: st.torch.save_file(tensors, str(tmp), metadata=metadata))
+    write_atomically(path, lambda tmp: st.torch.save_file(tensors, str(tmp), metadata=metadata))
     return path
 
 

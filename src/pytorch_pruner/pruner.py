@@ -14,7 +14,7 @@ import torch
 
 from .config import PrunerSettings
 from .criteria import ScoreSlot
-from .selection import _EPS, LayerUnits, select
+from .selection import EPS, LayerUnits, select
 from .targets import Target
 
 __all__ = ["MaskedLayer", "Pruner"]
@@ -102,8 +102,8 @@ class Pruner:
             return []
         counts = [(layer.name, self.pattern.num_units(*layer.target.shape2d)) for layer in self.layers]
         if self.settings.prune_domain == "local":
-            return [(name, n) for name, n in counts if math.floor(target * n + _EPS) == 0]
-        return counts if math.floor(target * sum(n for _, n in counts) + _EPS) == 0 else []
+            return [(name, n) for name, n in counts if math.floor(target * n + EPS) == 0]
+        return counts if math.floor(target * sum(n for _, n in counts) + EPS) == 0 else []
 
     # -- per step --------------------------------------------------------------------------
     def wants_scores(self, step: int) -> bool:
@@ -147,7 +147,7 @@ class Pruner:
         if sparsity <= 0.0:
             for layer in self.layers:
                 layer.keep.fill_(True)
-            self._set_masks()
+            self.refresh_masks()
             return
         scores = self.criterion.scores()
         s = self.settings
@@ -167,10 +167,11 @@ class Pruner:
         chosen = select(units, sparsity, s.prune_domain)
         for layer, pruned, score in zip(self.layers, chosen, scores, strict=True):
             layer.keep.copy_(self.pattern.keep_mask(pruned.to(layer.keep.device), score))
-        self._set_masks()
+        self.refresh_masks()
         self.apply_masks()
 
-    def _set_masks(self) -> None:
+    def refresh_masks(self) -> None:
+        """Rebuild what the hot path uses from the masks of record (after they changed)."""
         self._masked = any(not bool(layer.keep.all()) for layer in self.layers)
         for layer in self.layers:
             if layer.target.direct:
@@ -178,6 +179,8 @@ class Pruner:
             else:
                 rows, cols = layer.target.shape2d
                 layer._full = layer.target.from_2d(self.pattern.expand(layer.keep, rows, cols))
+
+    _set_masks = refresh_masks  # the former name
 
     # -- inspection and state --------------------------------------------------------------
     def full_mask(self, layer: MaskedLayer) -> torch.Tensor:
@@ -216,5 +219,5 @@ class Pruner:
             layer.keep.copy_(mask)
         self.criterion.load_state_dict(state["criterion"])
         self.current_sparsity = float(state["current_sparsity"])
-        self._set_masks()
+        self.refresh_masks()
         self.apply_masks()

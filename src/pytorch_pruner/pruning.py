@@ -31,6 +31,7 @@ from torch import nn
 
 from .config import PruningConfig, dump_config, load_config, loads_config
 from .errors import ConfigError, NoMatchingLayersError, PruningError, StateError
+from .export import squash
 from .pruner import Pruner
 from .report import SparsityRatios, SparsityReport, build_report, sparsity_ratios
 from .targets import find_targets, prunable_layers
@@ -204,11 +205,13 @@ class Pruning:
         self.pruners = pruners
         self._started = True
 
-    def _require_started(self, hook: str) -> nn.Module:
+    def require_started(self, hook: str) -> nn.Module:
         """The model, once on_train_begin has run; a StateError naming *hook* before that."""
         if not self._started or self._model is None:
             raise StateError(f"{hook} called before on_train_begin; call pruning.on_train_begin() first")
         return self._model
+
+    _require_started = require_started  # the former name
 
     # -- hooks -----------------------------------------------------------------------------
     def on_epoch_begin(self, epoch: int | None = None) -> None:
@@ -220,7 +223,7 @@ class Pruning:
         *step* is accepted for the seed's loops but not used: the schedule follows optimizer steps.
         Calling it again within the same optimizer step does nothing.
         """
-        self._require_started("on_step_begin")
+        self.require_started("on_step_begin")
         if self._pruned_at == self.step:
             return
         self._pruned_at = self.step
@@ -230,7 +233,7 @@ class Pruning:
 
     def on_before_optimizer_step(self) -> None:
         """Fold this step's gradients into gradient criteria (skipped if any is inf/NaN)."""
-        self._require_started("on_before_optimizer_step")
+        self.require_started("on_before_optimizer_step")
         if self._scored_at == self.step:
             return
         self._scored_at = self.step
@@ -244,7 +247,7 @@ class Pruning:
 
     def on_after_optimizer_step(self) -> None:
         """Re-zero pruned weights (the optimizer may have moved them) and count the step."""
-        self._require_started("on_after_optimizer_step")
+        self.require_started("on_after_optimizer_step")
         for pruner in self.pruners:
             pruner.apply_masks()
         self.step += 1
@@ -271,21 +274,19 @@ class Pruning:
     # -- results ---------------------------------------------------------------------------
     def get_sparsity_ratio(self) -> SparsityRatios:
         """The seed's three ratios: see :class:`SparsityRatios`."""
-        return sparsity_ratios(self._require_started("get_sparsity_ratio"), self.pruners)
+        return sparsity_ratios(self.require_started("get_sparsity_ratio"), self.pruners)
 
     def report(self) -> SparsityReport:
         """Per-layer sparsity, skipped layers with the reason, and the three ratios."""
-        return build_report(self._require_started("report"), self.pruners, self.step)
+        return build_report(self.require_started("report"), self.pruners, self.step)
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Keep-masks (bool, True = keep) of every pruned layer, in each weight's shape."""
-        self._require_started("masks")
+        self.require_started("masks")
         return {layer.name: p.full_mask(layer) for p in self.pruners for layer in p.layers}
 
     def squash(self) -> nn.Module:
         """Bake the zeros into the model and return it plain: see :func:`pytorch_pruner.export.squash`."""
-        from .export import squash
-
         return squash(self)
 
     remove = squash
@@ -293,7 +294,7 @@ class Pruning:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to resume: step, hook counters, masks, scores, and the config."""
-        self._require_started("state_dict")
+        self.require_started("state_dict")
         return {
             "format": STATE_FORMAT,
             "config": dump_config(self.config),
@@ -311,7 +312,7 @@ class Pruning:
         Raises:
             StateError: the state is of another format, config or model, or is damaged.
         """
-        self._require_started("load_state_dict")
+        self.require_started("load_state_dict")
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise StateError(f"not a pytorch-pruner state of format {STATE_FORMAT} (found {found!r})")

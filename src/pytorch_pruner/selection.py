@@ -38,9 +38,11 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DOMAINS", "Comm", "LayerUnits", "kth_smallest", "lowest_k", "select", "select_rows"]
+__all__ = ["DOMAINS", "EPS", "Comm", "LayerUnits", "kth_smallest", "lowest_k", "select", "select_rows"]
 
-_EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
+#: slack for float error when a fraction of a count is rounded
+EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
+_EPS = EPS  # the former name
 _SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
 _DIRECT = 1 << 18  # below this many units no sample: the histograms start from the full range
 _CHUNK = 1 << 20  # elements per pass step: bounds the temporaries (bool masks) to a few MB
@@ -87,13 +89,13 @@ class LayerUnits:
 
     def units_for(self, sparsity: float) -> int:
         """Most units whose pruning keeps the layer at or below *sparsity*."""
-        return min(self.units, math.floor(sparsity * self.numel / self.unit_elements + _EPS))
+        return min(self.units, math.floor(sparsity * self.numel / self.unit_elements + EPS))
 
     def bounds(self, sparsity: float) -> tuple[int, int]:
         """(floor, cap) in units at a step whose sparsity is *sparsity*."""
         hi = self.units_for(self.max_sparsity)
         floor = min(self.min_sparsity, sparsity)
-        lo = math.ceil(floor * self.numel / self.unit_elements - _EPS)
+        lo = math.ceil(floor * self.numel / self.unit_elements - EPS)
         return min(max(lo, 0), hi), hi
 
 
@@ -418,7 +420,7 @@ def _select_local(layers: Sequence[LayerUnits], sparsity: float, comm: Comm) -> 
 
 
 def _select_global(layers: Sequence[LayerUnits], sparsity: float, comm: Comm) -> list[torch.Tensor]:
-    budget = math.floor(sparsity * sum(layer.numel for layer in layers) + _EPS)  # in weights
+    budget = math.floor(sparsity * sum(layer.numel for layer in layers) + EPS)  # in weights
     lo, hi = (list(b) for b in zip(*(layer.bounds(sparsity) for layer in layers), strict=True))
     scores = [_clean(layer.scores) for layer in layers]
     sizes = {layer.unit_elements for layer in layers}
@@ -472,9 +474,9 @@ def select_rows(layer: LayerUnits, sparsity: float) -> torch.Tensor:
     """
     scores = _clean(layer.scores).reshape(layer.rows, -1)
     per_row = scores.shape[1]
-    hi = math.floor(layer.max_sparsity * per_row + _EPS)
-    lo = min(math.ceil(min(layer.min_sparsity, sparsity) * per_row - _EPS), hi)
-    k = min(max(math.floor(sparsity * per_row + _EPS), lo, 0), hi)
+    hi = math.floor(layer.max_sparsity * per_row + EPS)
+    lo = min(math.ceil(min(layer.min_sparsity, sparsity) * per_row - EPS), hi)
+    k = min(max(math.floor(sparsity * per_row + EPS), lo, 0), hi)
     chosen = torch.zeros_like(scores, dtype=torch.bool)
     if k > 0:
         order = torch.sort(scores, dim=1, stable=True).indices[:, :k]

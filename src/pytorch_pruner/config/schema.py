@@ -10,194 +10,159 @@ resolved.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
-import re
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any, cast
+from dataclasses import MISSING, Field, dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar, cast
 
 from ..criteria import CRITERIA, Criterion
 from ..errors import ConfigError
 from ..patterns import Pattern, parse_pattern
-from ..registry import closest
 from ..schedules import DECAYS, Decay, Schedule
-from ..targets import LAYER_KINDS
+from .keys import ALIASES, DEFAULTS, KEYS, LEGACY_KEYS, check_value, key_text, normalize_key, shorten
 
-__all__ = ["ALIASES", "DEFAULTS", "PrunerConfig", "PrunerSettings", "PruningConfig", "normalize_key"]
+__all__ = [
+    "ALIASES",
+    "DEFAULTS",
+    "PrunerConfig",
+    "PrunerSettings",
+    "PruningConfig",
+    "check_value",
+    "normalize_key",
+    "pruner_from_mapping",
+    "read_keys",
+]
 
-#: Defaults of every key (SPEC §1.2).
-DEFAULTS: dict[str, Any] = {
-    "start_step": 0,
-    "end_step": 0,
-    "target_sparsity": 0.9,
-    "max_sparsity_ratio_per_layer": 0.98,
-    "min_sparsity_ratio_per_layer": 0.0,
-    "update_frequency_on_step": 1,
-    "prune_domain": "global",
-    "prune_type": "snip_momentum",
-    "sparsity_decay_type": "exp",
-    "pattern": "4x1",
-    "names": (),
-    "not_to_prune_names": (),
-    "exclude_names": (),
-    "prune_layer_type": ("Linear", "Conv2d"),
-    # OWL layer allocation, an option of prune_oneshot_ (SPEC §11)
-    "owl": False,
-    "owl_lambda": 0.08,
-    "owl_m": 5.0,
-}
+T = TypeVar("T")
 
-#: Other spellings accepted for a key: INC v1 and v2 names, so their users can bring configs.
-ALIASES: dict[str, str] = {
-    "excluded_names": "not_to_prune_names",
-    "extra_excluded_names": "exclude_names",
-    "pruning_type": "prune_type",
-    "pruning_scope": "prune_domain",
-    "pruning_frequency": "update_frequency_on_step",
-    "op_names": "names",
-    "excluded_op_names": "not_to_prune_names",
-    "pruning_op_types": "prune_layer_type",
-    "max_sparsity_ratio_per_op": "max_sparsity_ratio_per_layer",
-    "min_sparsity_ratio_per_op": "min_sparsity_ratio_per_layer",
-}
+if TYPE_CHECKING:  # the key fields are made from KEYS at import; type checkers see them as Any
+
+    class _KeyFields:
+        __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+        def __init__(self, **values: Any) -> None: ...
+
+        def __getattr__(self, name: str) -> Any: ...
+
+else:
+
+    class _KeyFields:
+        pass
 
 
-def normalize_key(key: object, path: str, extra: tuple[str, ...] = ()) -> str:
-    """Canonical name of a config key; a :class:`ConfigError` with a did-you-mean if unknown."""
-    if key in DEFAULTS or key in extra:
-        return str(key)
-    if key in ALIASES:
-        return ALIASES[str(key)]
-    known = sorted([*DEFAULTS, *ALIASES, *extra])
-    raise ConfigError(
-        f"{path}{key}: unknown key{closest(str(key), known)}; known keys: {', '.join(sorted([*DEFAULTS, *extra]))}"
-    )
+def _with_keys(*, written: bool) -> Callable[[type[T]], type[T]]:
+    """Class decorator: a frozen keyword-only dataclass with one field per key of :data:`KEYS`, in
+    table order, before the class's own fields (which may refine a key's type, e.g. a resolved
+    ``pattern``). ``written=True``: each key defaults to ``None`` (= not written, inherit)."""
+
+    def decorate(cls: type[T]) -> type[T]:
+        own = dict(inspect.get_annotations(cls))
+        annotations = {k.name: (f"{k.type} | None" if written else k.type) for k in KEYS}
+        annotations.update(own)
+        for k in KEYS:
+            if k.name not in cls.__dict__:
+                setattr(cls, k.name, field(default=None if written else MISSING, metadata={"key": k}))
+        cls.__annotations__ = annotations
+        return cast(type[T], dataclass(frozen=True, kw_only=True)(cls))
+
+    return decorate
 
 
-def _int(value: Any, path: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{path}: {value!r} is not an integer; allowed: an integer >= {low}")
-    if value < low:
-        raise ConfigError(f"{path}: {value!r} is too small; allowed: an integer >= {low}")
-    return value
+def read_keys(
+    mapping: Any,
+    path: str,
+    extra: tuple[str, ...] = (),
+    errors: list[str] | None = None,
+) -> dict[str, Any]:
+    """Check each key of *mapping* (canonical names, aliases, INC's older keys) → canonical values.
 
-
-def _fraction(value: Any, path: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise ConfigError(f"{path}: {value!r} is not a number; allowed: a float in [0, 1), e.g. 0.9")
-    if not 0.0 <= value < 1.0:
-        raise ConfigError(f"{path}: {value!r} is out of range; allowed: a float in [0, 1), e.g. 0.9")
-    return float(value)
-
-
-def _choice(value: Any, path: str, allowed: list[str]) -> str:
-    if value not in allowed:
-        raise ConfigError(
-            f"{path}: {value!r} is not allowed{closest(str(value), allowed)}; allowed: {', '.join(allowed)}"
-        )
-    return str(value)
-
-
-def _bool(value: Any, path: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{path}: {value!r} is not a boolean; allowed: true or false")
-    return value
-
-
-def _positive(value: Any, path: str, high: float = math.inf) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 < value <= high:
-        allowed = f"a number in (0, {high:g}]" if high < math.inf else "a number > 0"
-        raise ConfigError(f"{path}: {value!r} is not allowed; allowed: {allowed}")
-    return float(value)
-
-
-def _strings(value: Any, path: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str) else value
-    if not isinstance(items, list | tuple):
-        raise ConfigError(f"{path}: {value!r} is not a list; allowed: a list of regular expressions")
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise ConfigError(f"{path}[{i}]: {item!r} is not a string; allowed: a regular expression")
+    Errors name ``{path}{key}``. With *errors* given, every bad key is appended there and skipped,
+    so that all of them can be listed at once (the CLI's ``validate``); otherwise the first raises.
+    """
+    if not isinstance(mapping, Mapping):
+        raise ConfigError(f"{path.rstrip('.') or 'config'}: {shorten(mapping)} is not a mapping of keys")
+    values: dict[str, Any] = {}
+    spelled: dict[str, Any] = {}
+    for key, value in mapping.items():
         try:
-            re.compile(item)
-        except re.error as err:
-            raise ConfigError(f"{path}[{i}]: {item!r} is not a valid regular expression ({err})") from None
-    return tuple(items)
+            if isinstance(key, str) and key in LEGACY_KEYS:
+                legacy = LEGACY_KEYS[key]
+                if legacy.check is not None:
+                    legacy.check(value, f"{path}{key}")
+                warnings.warn(
+                    f"{path}{key}: a key of INC's older configs, which its pruner ignored; ignored here too. "
+                    f"Use instead: {legacy.instead}",
+                    UserWarning,
+                    stacklevel=2,
+                )
+                continue
+            name = normalize_key(key, path, extra)
+            if name in values:
+                raise ConfigError(
+                    f"{path}{key_text(key)}: the same setting is also written as {shorten(spelled[name])}; "
+                    "keep one of them"
+                )
+            spelled[name] = key
+            values[name] = value if name in extra or value is None else check_value(name, value, f"{path}{key}")
+        except ConfigError as err:
+            if errors is None:
+                raise
+            errors.append(str(err))
+    return values
 
 
-def _layer_types(value: Any, path: str) -> tuple[str, ...]:
-    items = [value] if isinstance(value, str | type) else value
-    if not isinstance(items, list | tuple) or not items:
-        raise ConfigError(f"{path}: {value!r} is not a non-empty list; allowed: {', '.join(LAYER_KINDS)}")
-    names = []
-    for i, item in enumerate(items):
-        name = item.__name__ if isinstance(item, type) else item
-        names.append(_choice(name, f"{path}[{i}]", list(LAYER_KINDS)))
-    return tuple(names)
+_SCALARS = (str, int, float, bool, type(None))
 
 
-_CHECKS: dict[str, Callable[[Any, str], Any]] = {
-    "start_step": lambda v, p: _int(v, p, 0),
-    "end_step": lambda v, p: _int(v, p, 0),
-    "update_frequency_on_step": lambda v, p: _int(v, p, 1),
-    "target_sparsity": _fraction,
-    "max_sparsity_ratio_per_layer": _fraction,
-    "min_sparsity_ratio_per_layer": _fraction,
-    "prune_domain": lambda v, p: _choice(v, p, ["global", "local", "row"]),
-    "prune_type": lambda v, p: _choice(v, p, CRITERIA.names()),
-    "sparsity_decay_type": lambda v, p: _choice(v, p, DECAYS.names()),
-    "pattern": lambda v, p: parse_pattern(v, p).name,
-    "names": _strings,
-    "not_to_prune_names": _strings,
-    "exclude_names": _strings,
-    "prune_layer_type": _layer_types,
-    "owl": _bool,
-    "owl_lambda": lambda v, p: _positive(v, p, 0.5),
-    "owl_m": _positive,
-}
+def check_model_section(model: Any, path: str = "model") -> dict[str, Any]:
+    """The seed's informational ``model:`` section: a mapping of names to plain values (strings,
+    numbers, lists of them), so that it dumps and saves with a checkpoint as written."""
+    if not isinstance(model, Mapping):
+        raise ConfigError(
+            f"{path}: {shorten(model)} is not a mapping; allowed: e.g. model: {{name: bert-mini, framework: pytorch}}"
+        )
+    checked: dict[str, Any] = {}
+    for key, value in model.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"{path}: the key {shorten(key)} is not a string; allowed: names such as `name`")
+        items = value if isinstance(value, list | tuple) else [value]
+        for item in items:
+            if not isinstance(item, _SCALARS) or (isinstance(item, float) and not math.isfinite(item)):
+                raise ConfigError(
+                    f"{path}.{key}: {shorten(value)} is not a plain value; allowed: a string, a finite number "
+                    "or a list of them (the section is informational)"
+                )
+        checked[key] = list(value) if isinstance(value, tuple) else value
+    return checked
 
 
-def check_value(key: str, value: Any, path: str) -> Any:
-    """Validate one (canonical) key and return its normalized value."""
-    return _CHECKS[key](value, path)
+def pruner_from_mapping(mapping: Mapping[Any, Any], path: str = "") -> PrunerConfig:
+    """One pruner's keys (an ``!Pruner`` item) → :class:`PrunerConfig`, errors naming *path*."""
+    return PrunerConfig(**read_keys(mapping, path))
 
 
-@dataclass(frozen=True, kw_only=True)
-class PrunerConfig:
+@_with_keys(written=True)
+class PrunerConfig(_KeyFields):
     """The keys of one pruner (one ``!Pruner`` item). ``None`` = not written: inherit.
+
+    One field per key of :data:`~pytorch_pruner.config.keys.KEYS`.
 
     Example:
         >>> PrunerConfig(target_sparsity=0.5, pattern="2:4", exclude_names=[".*query"])
         PrunerConfig(target_sparsity=0.5, pattern='2:4', exclude_names=('.*query',))
     """
 
-    start_step: int | None = None
-    end_step: int | None = None
-    target_sparsity: float | None = None
-    max_sparsity_ratio_per_layer: float | None = None
-    min_sparsity_ratio_per_layer: float | None = None
-    update_frequency_on_step: int | None = None
-    prune_domain: str | None = None
-    prune_type: str | None = None
-    sparsity_decay_type: str | None = None
-    pattern: str | None = None
-    names: tuple[str, ...] | None = None
-    not_to_prune_names: tuple[str, ...] | None = None
-    exclude_names: tuple[str, ...] | None = None
-    prune_layer_type: tuple[str, ...] | None = None
-    owl: bool | None = None
-    owl_lambda: float | None = None
-    owl_m: float | None = None
-
     def __post_init__(self) -> None:
-        for key in DEFAULTS:
-            value = getattr(self, key)
+        for k in KEYS:
+            value = getattr(self, k.name)
             if value is not None:
-                object.__setattr__(self, key, check_value(key, value, key))
+                object.__setattr__(self, k.name, k.check(value, k.name))
 
     def written(self) -> dict[str, Any]:
         """The keys that were written, in schema order."""
-        return {k: getattr(self, k) for k in DEFAULTS if getattr(self, k) is not None}
+        return {k.name: getattr(self, k.name) for k in KEYS if getattr(self, k.name) is not None}
 
     def __repr__(self) -> str:
         body = ", ".join(f"{k}={v!r}" for k, v in self.written().items())
@@ -205,7 +170,7 @@ class PrunerConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PruningConfig(PrunerConfig):
+class PruningConfig(PrunerConfig):  # type: ignore[misc]
     """A whole config: global keys (inherited by every pruner) and the pruners.
 
     ``pruners`` may hold :class:`PrunerConfig` objects or plain dicts; when empty, one pruner uses
@@ -224,16 +189,26 @@ class PruningConfig(PrunerConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        from .loading import pruner_from_mapping
-
+        if self.model is not None:
+            object.__setattr__(self, "model", check_model_section(self.model))
+        if self.version is not None and (
+            isinstance(self.version, bool)
+            or not isinstance(self.version, str | int | float)
+            or (isinstance(self.version, float) and not math.isfinite(self.version))
+        ):
+            raise ConfigError(
+                f"version: {shorten(self.version)} is not a version; allowed: a number or string, e.g. 1.0"
+            )
         if isinstance(self.pruners, PrunerConfig | Mapping):
             raise ConfigError("pruners: expected a list of pruners, got a single one; wrap it in [ ]")
+        if not isinstance(self.pruners, list | tuple):
+            raise ConfigError(f"pruners: {shorten(self.pruners)} is not a list; allowed: a list of pruners")
         items = []
         for i, item in enumerate(self.pruners or ()):
             if isinstance(item, Mapping):
                 items.append(pruner_from_mapping(item, f"pruners[{i}]."))
             elif not isinstance(item, PrunerConfig) or isinstance(item, PruningConfig):
-                raise ConfigError(f"pruners[{i}]: {item!r} is not a pruner; allowed: a mapping of pruner keys")
+                raise ConfigError(f"pruners[{i}]: {shorten(item)} is not a pruner; allowed: a mapping of pruner keys")
             else:
                 items.append(item)
         object.__setattr__(self, "pruners", tuple(items) or (PrunerConfig(),))
@@ -266,27 +241,12 @@ class PruningConfig(PrunerConfig):
         return f"PruningConfig({', '.join(body)})"
 
 
-@dataclass(frozen=True)
-class PrunerSettings:
-    """A pruner's resolved settings: every key filled in, names turned into objects."""
+@_with_keys(written=False)
+class PrunerSettings(_KeyFields):
+    """A pruner's resolved settings: every key of :data:`~pytorch_pruner.config.keys.KEYS` filled
+    in, names turned into objects."""
 
-    start_step: int
-    end_step: int
-    target_sparsity: float
-    max_sparsity_ratio_per_layer: float
-    min_sparsity_ratio_per_layer: float
-    update_frequency_on_step: int
-    prune_domain: str
-    prune_type: str
-    sparsity_decay_type: str
     pattern: Pattern
-    names: tuple[str, ...]
-    not_to_prune_names: tuple[str, ...]
-    exclude_names: tuple[str, ...]
-    prune_layer_type: tuple[str, ...]
-    owl: bool
-    owl_lambda: float
-    owl_m: float
     criterion: type[Criterion]
     decay: Decay
     path: str = ""
@@ -294,9 +254,9 @@ class PrunerSettings:
     @classmethod
     def build(cls, local: PrunerConfig, glob: PrunerConfig, path: str) -> PrunerSettings:
         values: dict[str, Any] = {}
-        for f in fields(PrunerConfig):
-            own, inherited = getattr(local, f.name), getattr(glob, f.name)
-            values[f.name] = own if own is not None else inherited if inherited is not None else DEFAULTS[f.name]
+        for k in KEYS:
+            own, inherited = getattr(local, k.name), getattr(glob, k.name)
+            values[k.name] = own if own is not None else inherited if inherited is not None else k.default
         pattern = parse_pattern(values["pattern"], f"{path}.pattern")
         if values["end_step"] < values["start_step"]:
             raise ConfigError(
