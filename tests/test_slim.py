@@ -58,7 +58,9 @@ def test_head_pattern_parses_and_checks_divisibility() -> None:
     assert isinstance(head, ChannelGroup) and (head.axis, head.size) == (1, 8)
     rows = parse_pattern("4xchannel")
     assert isinstance(rows, ChannelGroup) and (rows.axis, rows.size) == (0, 4)
-    assert type(parse_pattern("channelx1")).__name__ == "Channel"  # size 1 stays the plain pattern
+    plain = parse_pattern("channelx1")  # size 1 is the plain channel pattern, with 2-D masks
+    assert isinstance(plain, ChannelGroup) and (plain.axis, plain.size) == (1, 1)
+    assert plain.score_shape(8, 12) == (1, 12)
     assert head.check(32, 32) is None
     assert "is the head size right" in head.check(32, 36)
     with pytest.raises(ValueError, match="group size must be at least 1"):

@@ -115,7 +115,7 @@ def sparsity_ratios(model: nn.Module, pruners: list[Any]) -> SparsityRatios:
         for layer in p.layers:
             rows, cols = layer.target.shape2d
             size = p.pattern.unit_elements(rows, cols)
-            if p.pattern.max_sparsity() < 1.0:  # N:M: count weights, not groups
+            if p.pattern.nm:  # N:M: count weights, not groups
                 units += layer.numel
                 pruned_units += layer.pruned_elements
             else:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from ..errors import ConfigError, PatternError
 from .base import PATTERNS, Pattern
-from .channel import Channel
 from .gqa import GroupedHeads
-from .head import ChannelGroup
+from .head import Channel, ChannelGroup
 from .nm import NInM
 from .nxm import NxM
 

@@ -13,6 +13,7 @@ Vocabulary used by every pattern:
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
@@ -24,13 +25,28 @@ __all__ = ["PATTERNS", "Pattern"]
 
 
 class Pattern(ABC):
-    """A sparsity pattern. Subclasses are registered in :data:`PATTERNS` by a name regex."""
+    """A sparsity pattern. Subclasses are registered in :data:`PATTERNS` by a name regex.
+
+    Two parts, kept apart:
+
+    * **block geometry** (abstract, every pattern writes it): :meth:`parse`, :meth:`check`,
+      :meth:`score_shape`, :meth:`view`, :meth:`reduce`; :meth:`expand` follows from :meth:`view`;
+    * **ranking units** (one unit = one block unless a pattern says otherwise, as N:M does):
+      :meth:`unit_scores`, :meth:`unit_elements`, :meth:`num_units`, :meth:`keep_mask`,
+      :meth:`max_sparsity` and the :attr:`nm` flag.
+
+    A new pattern is one file with one class (the geometry) and one ``@PATTERNS.register`` line.
+    """
 
     #: Text the pattern was written as in the config (e.g. ``"4x1"``).
     name: str
     #: Pattern strings this class parses, used in docs and registry-wide tests.
     examples: ClassVar[tuple[str, ...]] = ()
+    #: Whether units are N:M groups (a pruned unit zeroes N of its M weights, and sparsity ratios
+    #: count weights, not groups); ``False`` for patterns whose unit is a whole block.
+    nm: ClassVar[bool] = False
 
+    # -- block geometry --------------------------------------------------------------------
     @classmethod
     @abstractmethod
     def parse(cls, text: str) -> Pattern | None:
@@ -46,7 +62,7 @@ class Pattern(ABC):
 
     @abstractmethod
     def score_shape(self, rows: int, cols: int) -> tuple[int, ...]:
-        """Shape of the scores and of the stored keep-mask."""
+        """Shape of the scores and of the stored keep-mask: one entry per block."""
 
     @abstractmethod
     def view(self, t2d: torch.Tensor) -> torch.Tensor:
@@ -56,27 +72,28 @@ class Pattern(ABC):
     def reduce(self, t2d: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """Element scores ``[rows, cols]`` → scores in ``score_shape`` (a mean over each block)."""
 
-    @abstractmethod
-    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        """Scores in ``score_shape`` → 1-D score per unit (lower = pruned first)."""
-
-    @abstractmethod
-    def unit_elements(self, rows: int, cols: int) -> int:
-        """How many weights one pruned unit zeroes."""
-
-    @abstractmethod
-    def keep_mask(self, pruned_units: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        """1-D bool of pruned units (+ the scores) → keep-mask in ``score_shape``."""
-
-    def num_units(self, rows: int, cols: int) -> int:
-        """Number of units in a ``[rows, cols]`` view."""
-        return rows * cols // self.unit_elements(rows, cols)
-
     def expand(self, keep: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
         """Keep-mask in ``score_shape`` → bool ``[rows, cols]``."""
         full = torch.ones(rows, cols, dtype=torch.bool, device=keep.device)
         self.view(full).logical_and_(keep)
         return full
+
+    # -- ranking units (default: a unit is a block) ----------------------------------------
+    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """Scores in ``score_shape`` → 1-D score per unit (lower = pruned first)."""
+        return scores.reshape(-1)
+
+    def unit_elements(self, rows: int, cols: int) -> int:
+        """How many weights one pruned unit zeroes."""
+        return rows * cols // math.prod(self.score_shape(rows, cols))
+
+    def num_units(self, rows: int, cols: int) -> int:
+        """Number of units in a ``[rows, cols]`` view."""
+        return rows * cols // self.unit_elements(rows, cols)
+
+    def keep_mask(self, pruned_units: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """1-D bool of pruned units (+ the scores) → keep-mask in ``score_shape``."""
+        return (~pruned_units).reshape(scores.shape)
 
     def max_sparsity(self) -> float:
         """The highest sparsity this pattern can reach (N/M for N:M, else 1)."""

@@ -22,6 +22,7 @@ __all__ = ["NInM"]
 @PATTERNS.register("N:M")
 class NInM(Pattern):
     examples = ("2:4", "1:4", "4:8", "1:2")
+    nm = True
 
     def __init__(self, n: int, m: int, name: str | None = None) -> None:
         if not 1 <= n < m:
@@ -71,6 +72,7 @@ class NInM(Pattern):
                 rank[i] += before.view(torch.uint8) if rank.dtype == torch.uint8 else before
         return columns, rank < self.n
 
+    # -- ranking units: an N:M group of M weights, of which a pruned one zeroes its N weakest --
     def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
         columns, candidates = self._candidates(scores)
         return (columns * candidates).sum(dim=0) / self.m

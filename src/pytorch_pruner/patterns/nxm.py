@@ -55,11 +55,5 @@ class NxM(Pattern):
             return t2d if out is None else out.copy_(t2d)
         return torch.mean(self.view(t2d), dim=(1, 3), keepdim=True, out=out)
 
-    def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
-        return scores.reshape(-1)
-
     def unit_elements(self, rows: int, cols: int) -> int:
         return self.n * self.m
-
-    def keep_mask(self, pruned_units: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return (~pruned_units).reshape(scores.shape)
