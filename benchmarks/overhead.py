@@ -113,7 +113,7 @@ def main() -> None:
     threads = torch.get_num_threads()
     print(f"BERT-mini size, batch {args.batch} x seq {args.seq}, torch {torch.__version__}, {threads} threads")
     print(tabulate(rows, headers=["measure", "value"]))
-    print(f"final sparsity of the pruned layers: {pruning.get_sparsity_ratio().blockwise_over_matmul_gemm_conv:.3f}")
+    print(f"final sparsity of the pruned layers: {pruning.report().block_sparsity:.3f}")
 
 
 if __name__ == "__main__":

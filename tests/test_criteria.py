@@ -103,4 +103,4 @@ def test_every_registered_criterion_reaches_the_target_in_a_training_loop(name: 
     for layer in pruning.pruners[0].layers:
         assert layer.sparsity == 0.75  # 4x1 blocks divide these layers exactly
         assert (layer.target.weight[~pruning.pruners[0].full_mask(layer)] == 0).all()
-    assert pruning.get_sparsity_ratio().blockwise_over_matmul_gemm_conv == pytest.approx(0.75, abs=1e-3)
+    assert pruning.report().block_sparsity == pytest.approx(0.75, abs=1e-3)

@@ -47,7 +47,7 @@ def test_training_on_cuda_reaches_the_target_with_exact_zeros(pattern: str, targ
         for layer in p.layers:
             assert layer.keep.device.type == "cuda"
             assert (layer.target.weight[~p.full_mask(layer)] == 0).all()
-    assert pruning.get_sparsity_ratio().blockwise_over_matmul_gemm_conv == pytest.approx(target, abs=1e-3)
+    assert pruning.report().block_sparsity == pytest.approx(target, abs=1e-3)
 
 
 def test_cuda_state_loads_on_cpu() -> None:

@@ -95,7 +95,14 @@ def load_model(spec: str) -> nn.Module:
             raise _UsageError(f"--model {spec!r}: the folder has no config.json; expected a transformers model folder")
         from .export import build_transformers_model
 
-        return build_transformers_model(folder)
+        try:
+            return build_transformers_model(folder)
+        except (PruningError, ImportError):
+            raise
+        except Exception as error:  # transformers' own errors for a folder it can't read
+            raise PruningError(
+                f"--model {spec!r}: can't build a model from this folder: {type(error).__name__}: {str(error)[:300]}"
+            ) from None
     module_name, sep, func_name = spec.partition(":")
     if not sep or not module_name or not func_name.isidentifier():
         raise _UsageError(f"--model {spec!r} is neither a folder with config.json nor 'package.module:function'")
@@ -261,6 +268,9 @@ def _schedule(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"{s.path}: steps {s.start_step}..{s.end_step}, {kind}, final {s.final_sparsity:g}", file=out)
             table = [["step", "target"], *[[str(st), f"{v:.4f}"] for st, v in pts]]
             print("  " + _columns(table).replace("\n", "\n  "), file=out)
+            total = sched.count_steps(args.steps)
+            if total > len(pts):
+                print(f"  ({len(pts)} of {total} pruning steps shown, spread evenly)", file=out)
             if args.steps is not None and sched.last_step >= args.steps:
                 print(
                     f"  note: a run of {args.steps} steps ends before {s.path} reaches {s.final_sparsity:g} "

@@ -45,6 +45,10 @@ def schedules(config: Any) -> list[Schedule]:
     return [s.schedule() for s in load_config(config).resolved()]
 
 
+#: The most points a schedule is listed or drawn with (``Schedule.count_steps`` says how many exist).
+MAX_POINTS = 1000
+
+
 def schedule_points(config: Any, steps: int | None = None) -> list[list[tuple[int, float]]]:
     """For each pruner, ``(pruning step, target sparsity)`` at each step where its masks change.
 
@@ -53,16 +57,19 @@ def schedule_points(config: Any, steps: int | None = None) -> list[list[tuple[in
         steps: the run's number of optimizer steps; pruning steps at or past it are left out
             (they would never run).
 
+    Returns:
+        Every pruning step, or :data:`MAX_POINTS` of them spread evenly (first and last kept)
+        when there are more: a window of 10^12 steps costs no more than one of 1,000.
+
     Example:
         >>> schedule_points({"start_step": 0, "end_step": 4, "update_frequency_on_step": 2,
         ...                  "target_sparsity": 0.5, "sparsity_decay_type": "linear"})
         [[(0, 0.0), (2, 0.25), (4, 0.5)]]
     """
-    out = []
-    for schedule in schedules(config):
-        pts = [(step, schedule.sparsity_at(step)) for step in schedule.pruning_steps()]
-        out.append([p for p in pts if steps is None or p[0] < steps])
-    return out
+    return [
+        [(step, schedule.sparsity_at(step)) for step in schedule.sampled_steps(MAX_POINTS, steps)]
+        for schedule in schedules(config)
+    ]
 
 
 def plot_schedule(config: Any, path: str | os.PathLike[str], steps: int | None = None) -> Path:
@@ -87,13 +94,13 @@ def plot_schedule(config: Any, path: str | os.PathLike[str], steps: int | None =
     ax = fig.add_subplot()
     for i, (s, settings) in enumerate(zip(scheds, resolved, strict=True)):
         # a step function: it only changes at pruning steps, so those points (and the ends) suffice
-        xs = sorted({0, end, *(x for x in s.pruning_steps() if x <= end)})
+        xs = sorted({0, end, *s.sampled_steps(MAX_POINTS, end + 1)})
         ys = [s.sparsity_at(x) for x in xs]
         color = _COLORS[i % len(_COLORS)]
         curve = "one-shot" if s.one_shot else settings.sparsity_decay_type
         label = f"pruners[{i}]: {settings.pattern.name}, {curve}, target {settings.final_sparsity:g}"
         ax.plot(xs, ys, drawstyle="steps-post", color=color, linewidth=2, label=label)
-        marks = [(x, s.sparsity_at(x)) for x in s.pruning_steps() if x <= end]
+        marks = [(x, s.sparsity_at(x)) for x in s.sampled_steps(MAX_POINTS, end + 1)]
         ax.plot([m[0] for m in marks], [m[1] for m in marks], "o", color=color, markersize=4)
     ax.xaxis.get_major_locator().set_params(integer=True)  # steps are whole numbers
     ax.set_xlim(0, end)

@@ -21,8 +21,10 @@ class SparsityRatios(NamedTuple):
     * ``elementwise_over_matmul_gemm_conv``: pruned weights / weights of every Linear and conv
       layer of the model, pruned or not (the seed's "Element-wise/matmul, Gemm, conv ratio");
     * ``elementwise_over_all``: pruned weights / all parameters;
-    * ``blockwise_over_matmul_gemm_conv``: pruned units / units of the pruned layers (for N:M,
-      pruned weights / weights).
+    * ``blockwise_over_matmul_gemm_conv``: as INC computes it: the sum over pruners of (pruned
+      blocks / blocks) x (weights of the pruner's layers), over the weights of every Linear and
+      conv layer (for N:M a block is a weight). :attr:`SparsityReport.block_sparsity` keeps the
+      pruned layers' own block sparsity.
     """
 
     elementwise_over_matmul_gemm_conv: float
@@ -49,9 +51,16 @@ class SparsityReport:
     step: int
     ratios: SparsityRatios
     layers: list[LayerReport] = field(default_factory=list)
+    #: pruned blocks / blocks of the pruned layers (for N:M, pruned weights / weights)
+    block_sparsity: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "ratios": self.ratios._asdict(), "layers": [asdict(r) for r in self.layers]}
+        return {
+            "step": self.step,
+            "ratios": self.ratios._asdict(),
+            "layers": [asdict(r) for r in self.layers],
+            "block_sparsity": self.block_sparsity,
+        }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SparsityReport:
@@ -61,7 +70,8 @@ class SparsityReport:
             KeyError, TypeError: *data* is not a report's dict.
         """
         layers = [LayerReport(**{**row, "shape": tuple(row["shape"])}) for row in data["layers"]]
-        return cls(int(data["step"]), SparsityRatios(**data["ratios"]), layers)
+        block = data.get("block_sparsity")
+        return cls(int(data["step"]), SparsityRatios(**data["ratios"]), layers, None if block is None else float(block))
 
     def to_json(self, **kwargs: Any) -> str:
         return json.dumps(self.to_dict(), **kwargs)
@@ -96,6 +106,8 @@ class SparsityReport:
                 "  ".join(str(x).ljust(w) for x, w in zip(line, widths, strict=True)).rstrip() for line in lines
             )
         ratios = "\n".join(f"{k}: {v:.4f}" for k, v in self.ratios._asdict().items())
+        if self.block_sparsity is not None:
+            ratios += f"\nblock sparsity of the pruned layers: {self.block_sparsity:.4f}"
         return f"{table}\n\nstep {self.step}\n{ratios}"
 
     def __str__(self) -> str:
@@ -106,26 +118,41 @@ def _unique_numel(model: nn.Module) -> int:
     return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
+def block_counts(pruners: list[Any]) -> list[tuple[int, int, int]]:
+    """Per pruner: ``(pruned units, units, weights)`` of its layers; for N:M a unit is a weight."""
+    counts = []
+    for p in pruners:
+        units = pruned_units = weights = 0
+        for layer in p.layers:
+            size = 1 if p.pattern.nm else p.pattern.unit_elements(*layer.target.shape2d)
+            units += layer.numel // size
+            pruned_units += layer.pruned_elements // size
+            weights += layer.numel
+        counts.append((pruned_units, units, weights))
+    return counts
+
+
 def sparsity_ratios(model: nn.Module, pruners: list[Any]) -> SparsityRatios:
-    """Compute :class:`SparsityRatios` for *model* pruned by *pruners*."""
+    """Compute :class:`SparsityRatios` for *model* pruned by *pruners*.
+
+    The third ratio is INC's: each pruner's block sparsity (pruned blocks / blocks) weighs the
+    weights of its layers, and the sum is divided by the weights of every Linear and conv layer.
+    """
     pruned = sum(layer.pruned_elements for p in pruners for layer in p.layers)
     matmul = sum(t.weight.numel() for t in prunable_layers(model))
-    units = pruned_units = 0
-    for p in pruners:
-        for layer in p.layers:
-            rows, cols = layer.target.shape2d
-            size = p.pattern.unit_elements(rows, cols)
-            if p.pattern.nm:  # N:M: count weights, not groups
-                units += layer.numel
-                pruned_units += layer.pruned_elements
-            else:
-                units += layer.numel // size
-                pruned_units += layer.pruned_elements // size
+    blockwise = sum(int(weights * done / units) for done, units, weights in block_counts(pruners) if units)
     return SparsityRatios(
         pruned / matmul if matmul else 0.0,
         pruned / max(_unique_numel(model), 1),
-        pruned_units / units if units else 0.0,
+        blockwise / matmul if matmul else 0.0,
     )
+
+
+def pruned_layers_block_sparsity(pruners: list[Any]) -> float:
+    """Pruned units / units of the pruned layers (for N:M, pruned weights / weights)."""
+    counts = block_counts(pruners)
+    units = sum(c[1] for c in counts)
+    return sum(c[0] for c in counts) / units if units else 0.0
 
 
 def build_report(model: nn.Module, pruners: list[Any], step: int) -> SparsityReport:
@@ -153,4 +180,4 @@ def build_report(model: nn.Module, pruners: list[Any], step: int) -> SparsityRep
             weight = modules[name].weight
             shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else ()
             rows.append(LayerReport(name, shape, i, p.pattern.name, s.prune_type, 0.0, 0.0, skipped=reason))
-    return SparsityReport(step, sparsity_ratios(model, pruners), rows)
+    return SparsityReport(step, sparsity_ratios(model, pruners), rows, pruned_layers_block_sparsity(pruners))

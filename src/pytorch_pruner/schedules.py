@@ -117,3 +117,28 @@ class Schedule:
             return [self.start_step]
         steps = [self.start_step + c * self.frequency for c in range(self.num_updates)]
         return [*steps, self.last_step]
+
+    def count_steps(self, before: int | None = None) -> int:
+        """How many pruning steps there are (those before step *before* when given), without
+        listing them: a window of 10^12 steps is counted in constant time."""
+        return self._last_index(before) + 1
+
+    def _last_index(self, before: int | None) -> int:
+        if before is None:
+            return self.num_updates
+        if before <= self.start_step:
+            return -1
+        if self.last_step < before:
+            return self.num_updates
+        return min(self.num_updates - 1, (before - self.start_step - 1) // self.frequency)
+
+    def sampled_steps(self, max_points: int, before: int | None = None) -> list[int]:
+        """At most *max_points* (>= 2) pruning steps, in order, spread evenly over the schedule (the
+        first and the last always in); all of them when there are few. Steps at or past *before*
+        are left out."""
+        last = self._last_index(before)
+        if last < max_points:
+            indexes: list[int] = list(range(last + 1))
+        else:
+            indexes = sorted({round(i * last / (max_points - 1)) for i in range(max_points)})
+        return [self.last_step if c == self.num_updates else self.start_step + c * self.frequency for c in indexes]

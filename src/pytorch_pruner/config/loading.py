@@ -175,7 +175,8 @@ def _data(source: Any) -> tuple[Any, str]:
             return parse_yaml(source.decode("utf-8")), "<bytes>"
         except UnicodeDecodeError as err:
             raise ConfigError(f"<bytes>: byte {err.start} is not UTF-8; pass UTF-8 text") from None
-    if isinstance(source, str) and "\n" in source:  # YAML text where a path was expected: read it
+    if isinstance(source, str) and ("\n" in source or source.lstrip().startswith("{")):
+        # YAML text where a path was expected: a path has no line break and no leading brace
         return parse_yaml(source), "<string>"
     if isinstance(source, str | os.PathLike):
         text, name = _read(source)
