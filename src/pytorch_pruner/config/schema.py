@@ -279,7 +279,7 @@ class PrunerSettings(_KeyFields):
         problem = criterion.check_settings(pattern, values["prune_domain"])
         if problem:
             raise ConfigError(f"{path}.pattern: {problem}")
-        if values["owl"] and limit < 1.0:
+        if values["owl"] and pattern.nm:
             raise ConfigError(
                 f"{path}.owl: OWL gives each block its own sparsity, which pattern {pattern.name} fixes at "
                 f"{limit:g}; allowed: owl with an NxM pattern (e.g. '1x1'); set owl: false for N:M"
