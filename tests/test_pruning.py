@@ -121,7 +121,7 @@ def test_pruned_weights_stay_exactly_zero_after_every_optimizer_step(make_optimi
         for name, mask in pruning.masks().items():
             weight = model.get_submodule(name).weight
             assert (weight[~mask] == 0).all(), f"step {step}: {name}"
-    assert pruning.get_sparsity_ratio().blockwise_over_matmul_gemm_conv == pytest.approx(0.8, abs=1e-3)
+    assert pruning.report().block_sparsity == pytest.approx(0.8, abs=1e-3)
 
 
 def test_steps_are_optimizer_steps_under_gradient_accumulation(monkeypatch) -> None:
@@ -411,8 +411,7 @@ def test_bert_model_with_seed_yaml_end_to_end_shapes() -> None:
         train.step()
         pruning.on_after_optimizer_step()
         train.zero_grad()
-    ratios = pruning.get_sparsity_ratio()
-    assert ratios.blockwise_over_matmul_gemm_conv == pytest.approx(0.9, abs=0.01)
+    assert pruning.report().block_sparsity == pytest.approx(0.9, abs=0.01)
 
 
 def test_damaged_or_foreign_states_are_refused_and_change_nothing(mlp) -> None:
