@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .checkpoint import _write_atomically, check_model_state
+from .checkpoint import check_model_state
 from .errors import StateError
+from .fileio import atomic_write
 from .targets import unwrap_model
 
 if TYPE_CHECKING:
@@ -237,7 +238,7 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomically(path, lambda tmp: st.torch.save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: st.torch.save_file(tensors, str(tmp), metadata=metadata))
     return path
 
 

@@ -195,9 +195,16 @@ class Pruner:
 
     def check_state(self, state: dict[str, Any], where: str) -> None:
         """Raise ``ValueError`` if *state* was not saved from a pruner of the same layers."""
+        if not isinstance(state, dict):
+            raise ValueError(f"{where}: the saved pruner state is a {type(state).__name__}, not a dict")
         names = [layer.name for layer in self.layers]
         if state.get("layers") != names:
             raise ValueError(f"{where}: saved layers {state.get('layers')} differ from this model's {names}")
+        if not isinstance(state.get("masks"), list) or len(state["masks"]) != len(self.layers):
+            raise ValueError(f"{where}: the saved masks are not a list of {len(self.layers)} masks")
+        sparsity = state.get("current_sparsity")
+        if type(sparsity) not in (int, float) or not 0.0 <= sparsity <= 1.0:  # NaN fails the range too
+            raise ValueError(f"{where}: the saved current_sparsity {sparsity!r} is not a number in [0, 1]")
         for layer, mask in zip(self.layers, state["masks"], strict=True):
             if not isinstance(mask, torch.Tensor) or mask.shape != layer.keep.shape or mask.dtype != torch.bool:
                 raise ValueError(f"{where}: the saved mask of {layer.name} does not fit the layer")
@@ -206,8 +213,13 @@ class Pruner:
             raise ValueError(f"{where}: the saved criterion state is not {self.settings.prune_type}'s")
         for key, tensors in own.items():
             theirs = saved[key]
-            if len(tensors) != len(theirs) or any(
-                not isinstance(b, torch.Tensor) or a.shape != b.shape for a, b in zip(tensors, theirs, strict=False)
+            if (
+                not isinstance(theirs, list | tuple)
+                or len(tensors) != len(theirs)
+                or any(
+                    not isinstance(b, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype
+                    for a, b in zip(tensors, theirs, strict=False)
+                )
             ):
                 raise ValueError(f"{where}: the saved criterion {key} do not fit the layers")
 

@@ -306,12 +306,29 @@ class Pruning:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`; call after :meth:`on_train_begin`.
 
-        Everything is checked before anything changes, so a bad state leaves this object as it was.
+        Everything is checked first (:meth:`check_state_dict`), so a bad state leaves this object
+        as it was.
 
         Raises:
             StateError: the state is of another format, config or model, or is damaged.
         """
         self._require_started("load_state_dict")
+        self.check_state_dict(state)
+        pruner_states = state["pruners"]
+        for pruner, ps in zip(self.pruners, pruner_states, strict=True):
+            pruner.load_state_dict(ps)
+        self.step = int(state["step"])
+        self._pruned_at = int(state["pruned_at"])
+        self._scored_at = int(state["scored_at"])
+
+    def check_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Raise :class:`StateError` unless :meth:`load_state_dict` would accept *state*; changes nothing.
+
+        Raises:
+            StateError: the state is of another format, config or model, or is damaged (the
+                message says which part).
+        """
+        self._require_started("check_state_dict")
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise StateError(f"not a pytorch-pruner state of format {STATE_FORMAT} (found {found!r})")
@@ -332,8 +349,11 @@ class Pruning:
                 pruner.check_state(ps, f"pruners[{i}]")
             except (ValueError, KeyError, TypeError, AttributeError) as err:
                 raise StateError(f"the state does not fit this model: {err}") from None
-        for pruner, ps in zip(self.pruners, pruner_states, strict=True):
-            pruner.load_state_dict(ps)
-        self.step = int(state["step"])
-        self._pruned_at = int(state["pruned_at"])
-        self._scored_at = int(state["scored_at"])
+        for key, lowest in (("step", 0), ("pruned_at", -1), ("scored_at", -1)):
+            value = state.get(key)
+            if type(value) is not int or value < lowest:  # bool and float are not step counts
+                raise StateError(
+                    f"the state is damaged: {key!r} is {value!r} ({type(value).__name__}), expected an int >= "
+                    f"{lowest}; "
+                    "use a state written by Pruning.state_dict"
+                )

@@ -1,0 +1,342 @@
+"""Files survive damage and crashes: checksummed checkpoints, loads that validate everything before
+changing anything, and atomic writes (issue 9)."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from pytorch_pruner import Pruning, StateError, fileio
+from pytorch_pruner.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint, write_checkpoint
+
+from .test_resume import _config, _run, _setup
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _equal(a: Any, b: Any) -> bool:
+    """Deep equality of nested dicts/lists/tensors (tensors bit for bit, dtype and shape included)."""
+    if isinstance(a, torch.Tensor):
+        return (
+            isinstance(b, torch.Tensor)
+            and a.dtype == b.dtype
+            and a.shape == b.shape
+            and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+        )
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_equal(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _everything(model: nn.Module, optimizer: torch.optim.Optimizer, pruning: Pruning) -> dict[str, Any]:
+    return copy.deepcopy(
+        {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "pruning": pruning.state_dict()}
+    )
+
+
+def _refused_changes_nothing(path: Path, optimizer_class: Callable[..., torch.optim.Optimizer], match: str) -> None:
+    """Load *path* into a run that has trained a few steps (so its state is not fresh): StateError
+    matching *match*, and model, optimizer and pruning state all bit-identical afterwards."""
+    model, _, pruning = _setup("snip_momentum", init_seed=5)
+    optimizer = optimizer_class(model.parameters())
+    _run(model, optimizer, pruning, range(6))
+    before = _everything(model, optimizer, pruning)
+    with pytest.raises(StateError, match=match):
+        load_checkpoint(path, model, optimizer, pruning)
+    after = _everything(model, optimizer, pruning)
+    for part in before:
+        assert _equal(before[part], after[part]), part
+
+
+def _adam(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.Adam(params, lr=1e-2)
+
+
+def _sgd(params: Any) -> torch.optim.Optimizer:
+    return torch.optim.SGD(params, lr=1e-2, momentum=0.9)
+
+
+@pytest.fixture
+def sgd_checkpoint(tmp_path: Path) -> Path:
+    model, _, pruning = _setup("snip_momentum", init_seed=0)
+    optimizer = _sgd(model.parameters())
+    _run(model, optimizer, pruning, range(9))
+    return save_checkpoint(tmp_path / "sgd.pt", model, optimizer, pruning)
+
+
+@pytest.fixture
+def adam_checkpoint(tmp_path: Path) -> Path:
+    model, _, pruning = _setup("snip_momentum", init_seed=0)
+    optimizer = _adam(model.parameters())
+    _run(model, optimizer, pruning, range(9))
+    return save_checkpoint(tmp_path / "adam.pt", model, optimizer, pruning)
+
+
+def _edited(source: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    data = read_checkpoint(source)
+    edit(data)
+    return write_checkpoint(source.with_name("edited.pt"), data)
+
+
+# -- load_checkpoint validates everything first ------------------------------------------------
+def test_sgd_checkpoint_into_an_adam_run_is_refused_and_changes_nothing(sgd_checkpoint: Path) -> None:
+    _refused_changes_nothing(sgd_checkpoint, _adam, r"optimizer state is torch\.optim\.sgd\.SGD's, this run uses "
+                             r"torch\.optim\.adam\.Adam; build the same optimizer.*or pass optimizer=None")  # fmt: skip
+
+
+def test_other_optimizer_without_a_recorded_class_is_refused_by_its_settings(sgd_checkpoint: Path) -> None:
+    """A file that does not name the class (format 1) is still caught: SGD's groups are not Adam's."""
+
+    def forget_class(data: dict[str, Any]) -> None:
+        data["optimizer_class"] = None
+
+    _refused_changes_nothing(
+        _edited(sgd_checkpoint, forget_class),
+        _adam,
+        r"group 0 of the saved optimizer has settings \['dampening', 'momentum', 'nesterov'\] this Adam does not know "
+        r"and no \['amsgrad', 'betas', 'eps'\], which it needs",
+    )
+
+
+def _set_pruning_step(value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        data["pruning"]["step"] = value
+
+    return edit
+
+
+def _set_weight(value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        data["model"]["fc2.weight"] = value
+
+    return edit
+
+
+def _set_exp_avg(value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        data["optimizer"]["state"][2]["exp_avg"] = value  # fc2.weight's
+
+    return edit
+
+
+def _set_adam(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        data["optimizer"]["state"][0][key] = value
+
+    return edit
+
+
+def _set_group(key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        data["optimizer"]["param_groups"][0][key] = value
+
+    return edit
+
+
+def _set_sparsity(value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        data["pruning"]["pruners"][1]["current_sparsity"] = value
+
+    return edit
+
+
+def _set_scores(value: Any) -> Callable[[dict[str, Any]], None]:
+    def edit(data: dict[str, Any]) -> None:
+        data["pruning"]["pruners"][0]["criterion"]["scores"][0] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (_set_pruning_step("abc"), r"the state is damaged: 'step' is 'abc' \(str\), expected an int >= 0"),
+        (_set_pruning_step(-3), r"'step' is -3 \(int\), expected an int >= 0"),
+        (_set_pruning_step(4.5), r"'step' is 4.5 \(float\)"),
+        (_set_weight([1.0, 2.0]), r"damaged: model entries that are not tensors: \['fc2.weight: a list'\]"),
+        (_set_weight(torch.zeros(32, 64, dtype=torch.float64)),
+         r"other dtypes than the model \(\['fc2.weight: saved torch.float64, model torch.float32'\]\); convert"),
+        (_set_weight(torch.zeros(64, 32)), r"saved from another model \(fc2.weight: saved shape \(64, 32\), model"),
+        (_set_exp_avg(torch.zeros(7)), r"optimizer state does not fit.*parameter 2 'exp_avg': shape \(7,\), "
+                                       r"parameter \(32, 64\)"),
+        (_set_exp_avg("abc"), r"parameter 2 'exp_avg': a str"),
+        (_set_adam("step", "abc"), r"parameter 0 'step': 'abc'"),
+        (_set_adam("step", torch.tensor(float("nan"))), r"parameter 0 'step': nan"),
+        (_set_group("lr", "abc"), r"group 0 of the saved optimizer is damaged: 'lr' is 'abc', expected a value like"),
+        (_set_group("betas", (0.9,)), r"'betas' is \(0.9,\)"),
+        (_set_sparsity("abc"), r"the saved current_sparsity 'abc' is not a number in \[0, 1\]"),
+        (_set_sparsity(float("nan")), r"current_sparsity nan"),
+        (_set_scores(torch.zeros(16, 32, dtype=torch.int64)), r"the saved criterion scores do not fit the layers"),
+    ],
+)  # fmt: skip
+def test_damaged_contents_are_refused_and_change_nothing(
+    adam_checkpoint: Path, edit: Callable[[dict[str, Any]], None], match: str
+) -> None:
+    """Each of these loaded part of the file (or all of it) and failed later, or at the next step()."""
+    _refused_changes_nothing(_edited(adam_checkpoint, edit), _adam, match)
+
+
+def test_a_good_checkpoint_still_resumes_and_steps(adam_checkpoint: Path) -> None:
+    model, _, pruning = _setup("snip_momentum", init_seed=5)
+    optimizer = _adam(model.parameters())
+    load_checkpoint(adam_checkpoint, model, optimizer, pruning)
+    assert pruning.step == 9
+    _run(model, optimizer, pruning, range(9, 11))  # steps without error
+    assert isinstance(optimizer.state_dict()["state"][0]["step"], torch.Tensor)
+
+
+def test_a_file_of_another_format_1_run_loads_with_a_warning(tmp_path: Path, adam_checkpoint: Path) -> None:
+    """Format-1 files (no checksum, no optimizer class) are still read, with a warning."""
+    data = read_checkpoint(adam_checkpoint)
+    data["pytorch_pruner_checkpoint"] = 1
+    del data["optimizer_class"]
+    torch.save(data, tmp_path / "old.pt")
+    model, _, pruning = _setup("snip_momentum", init_seed=5)
+    with pytest.warns(UserWarning, match="format-1 checkpoint, written without a checksum"):
+        load_checkpoint(tmp_path / "old.pt", model, _adam(model.parameters()), pruning)
+    assert pruning.step == 9
+
+
+# -- integrity ---------------------------------------------------------------------------------
+def test_every_single_byte_flip_is_detected(adam_checkpoint: Path) -> None:
+    """80 positions spread over the whole file, header, pickle, tensor data and zip directory alike:
+    without the checksum 48 of 80 such flips loaded silently."""
+    good = adam_checkpoint.read_bytes()
+    assert isinstance(torch.load(adam_checkpoint, weights_only=True), dict)  # still an ordinary torch file
+    model, _, pruning = _setup("snip_momentum", init_seed=5)
+    optimizer = _adam(model.parameters())
+    _run(model, optimizer, pruning, range(6))
+    before = _everything(model, optimizer, pruning)
+    positions = sorted({round(i * (len(good) - 1) / 79) for i in range(80)} | {len(good) - 1, len(good) - 70})
+    for pos in positions:
+        damaged = bytearray(good)
+        damaged[pos] ^= 0x01 if pos % 2 else 0x80
+        adam_checkpoint.write_bytes(bytes(damaged))
+        with pytest.raises(StateError, match=r"is corrupt: its SHA-256 | not a readable checkpoint"):
+            load_checkpoint(adam_checkpoint, model, optimizer, pruning)
+    after = _everything(model, optimizer, pruning)
+    assert all(_equal(before[k], after[k]) for k in before)
+    adam_checkpoint.write_bytes(good)
+    load_checkpoint(adam_checkpoint, model, optimizer, pruning)  # the undamaged file loads
+
+
+def test_an_altered_value_names_the_checksum(adam_checkpoint: Path) -> None:
+    data = adam_checkpoint.read_bytes()
+    weights = read_checkpoint(adam_checkpoint)["model"]["fc1.weight"]
+    raw = weights.numpy().tobytes()[:16]
+    at = data.index(raw)  # the tensor's bytes inside the zip
+    adam_checkpoint.write_bytes(data[:at] + bytes([data[at] ^ 0x01]) + data[at + 1 :])
+    with pytest.raises(StateError, match=r"SHA-256 does not match the one stored when it was written .* earlier"):
+        read_checkpoint(adam_checkpoint)
+
+
+# -- atomic writes -----------------------------------------------------------------------------
+def test_a_failure_after_writing_keeps_the_old_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The temporary is complete but fsync (or the rename) fails: the old file stays, whole."""
+    model, optimizer, pruning = _setup("magnitude", init_seed=0)
+    path = save_checkpoint(tmp_path / "c.pt", model, optimizer, pruning)
+    good = path.read_bytes()
+
+    def no_fsync(fd: int) -> None:
+        raise OSError("I/O error")
+
+    monkeypatch.setattr(os, "fsync", no_fsync)
+    with pytest.raises(OSError, match="I/O error"):
+        save_checkpoint(path, model, optimizer, pruning, epoch=2)
+    assert path.read_bytes() == good
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_temporaries_of_killed_writers_are_removed_at_the_next_save(tmp_path: Path) -> None:
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # a pid that no longer runs
+    leftover = tmp_path / f"c.pt.{fileio._HOST}-{dead.pid}.tmp"
+    leftover.write_bytes(b"half")
+    alive = tmp_path / f"c.pt.{fileio._HOST}-{os.getppid()}.tmp"  # a running writer's: kept
+    alive.write_bytes(b"in progress")
+    other_host = tmp_path / "c.pt.elsewhere-1.tmp"  # another host's, recent: kept
+    other_host.write_bytes(b"in progress")
+    old_host = tmp_path / "c.pt.faraway-1.tmp"  # another host's, two days old: removed
+    old_host.write_bytes(b"half")
+    os.utime(old_host, (0, 0))
+    unrelated = tmp_path / "notes.1.tmp"
+    unrelated.write_bytes(b"mine")
+    model, optimizer, pruning = _setup("magnitude", init_seed=0)
+    save_checkpoint(tmp_path / "c.pt", model, optimizer, pruning)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["c.pt", alive.name, other_host.name, unrelated.name])
+
+
+_KILLED_MID_SAVE = """
+import os, signal, sys
+import torch
+sys.path.insert(0, {root!r})
+from tests.test_resume import _setup
+from pytorch_pruner.checkpoint import save_checkpoint
+
+model, optimizer, pruning = _setup("magnitude", init_seed=0)
+real_save = torch.save
+def save_half(obj, f):
+    real_save(obj, f)
+    with open(f, "r+b") as handle:
+        handle.truncate(100)
+    os.kill(os.getpid(), signal.SIGKILL)
+torch.save = save_half
+save_checkpoint({path!r}, model, optimizer, pruning)
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")
+def test_a_save_killed_midway_keeps_the_old_file_and_its_temporary_goes_next_time(tmp_path: Path) -> None:
+    model, optimizer, pruning = _setup("magnitude", init_seed=0)
+    path = save_checkpoint(tmp_path / "c.pt", model, optimizer, pruning)
+    good = path.read_bytes()
+    root = str(Path(__file__).resolve().parent.parent)
+    code = _KILLED_MID_SAVE.format(root=root, path=str(path))
+    result = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, timeout=120)
+    assert result.returncode == -signal.SIGKILL, result.stderr.decode()[-2000:]
+    assert path.read_bytes() == good  # the old checkpoint, whole
+    assert len(list(tmp_path.glob("c.pt.*.tmp"))) == 1  # what the killed save left
+    read_checkpoint(path)
+    save_checkpoint(path, model, optimizer, pruning)
+    assert [p.name for p in tmp_path.iterdir()] == ["c.pt"]
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path: Path) -> None:
+    target = tmp_path / "config.json"
+    fileio.atomic_write_text(target, '{"a": 1}')
+
+    def half(tmp: Path) -> None:
+        tmp.write_text('{"a": ')
+        raise RuntimeError("crash mid-write")
+
+    with pytest.raises(RuntimeError, match="crash mid-write"):
+        fileio.atomic_write(target, half)
+    assert target.read_text() == '{"a": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fileio.atomic_write_bytes(target, b"{}").read_bytes() == b"{}"
+
+
+def test_pruning_state_checks_without_loading(adam_checkpoint: Path) -> None:
+    _, _, pruning = _setup("snip_momentum", init_seed=5)
+    state = read_checkpoint(adam_checkpoint)["pruning"]
+    pruning.check_state_dict(state)
+    assert pruning.step == 0  # checked, not loaded
+    state["scored_at"] = True
+    with pytest.raises(StateError, match=r"'scored_at' is True \(bool\)"):
+        pruning.check_state_dict(state)
+    with pytest.raises(StateError, match="check_state_dict called before on_train_begin"):
+        Pruning(_config("magnitude")).check_state_dict(state)
