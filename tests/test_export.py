@@ -250,6 +250,8 @@ def test_load_sparse_errors_change_nothing(tmp_path: Path) -> None:
 
     from safetensors.torch import save_file
 
+    from pytorch_pruner.export import _content_sha256
+
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(StateError, match="not a pytorch-pruner sparse file"):
         read_sparse(tmp_path / "plain.safetensors")
@@ -259,7 +261,9 @@ def test_load_sparse_errors_change_nothing(tmp_path: Path) -> None:
         "sparse": '{"fc1.weight": {"shape": [64, 32]}}',
         "aliases": "{}",
         "report": pruning.report().to_json(),
+        "config": "",
     }
+    meta["sha256"] = _content_sha256({"w": torch.zeros(2)}, meta)  # intact, as written: damaged inside
     save_file({"w": torch.zeros(2)}, str(tmp_path / "damaged.safetensors"), metadata=meta)
     with pytest.raises(StateError, match=r"is a damaged sparse file: KeyError: 'fc1\.weight\.__mask__'"):
         read_sparse(tmp_path / "damaged.safetensors")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -68,20 +69,29 @@ def _sgd(params: Any) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=1e-2, momentum=0.9)
 
 
-@pytest.fixture
-def sgd_checkpoint(tmp_path: Path) -> Path:
+def _trained_checkpoint(folder: Path, optimizer_class: Callable[..., torch.optim.Optimizer]) -> Path:
     model, _, pruning = _setup("snip_momentum", init_seed=0)
-    optimizer = _sgd(model.parameters())
+    optimizer = optimizer_class(model.parameters())
     _run(model, optimizer, pruning, range(9))
-    return save_checkpoint(tmp_path / "sgd.pt", model, optimizer, pruning)
+    return save_checkpoint(folder / "ckpt.pt", model, optimizer, pruning)
+
+
+@pytest.fixture(scope="module")
+def _checkpoints(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    folder = tmp_path_factory.mktemp("checkpoints")
+    return {name: _trained_checkpoint(folder, make).read_bytes() for name, make in (("sgd", _sgd), ("adam", _adam))}
 
 
 @pytest.fixture
-def adam_checkpoint(tmp_path: Path) -> Path:
-    model, _, pruning = _setup("snip_momentum", init_seed=0)
-    optimizer = _adam(model.parameters())
-    _run(model, optimizer, pruning, range(9))
-    return save_checkpoint(tmp_path / "adam.pt", model, optimizer, pruning)
+def sgd_checkpoint(tmp_path: Path, _checkpoints: dict[str, bytes]) -> Path:
+    (tmp_path / "sgd.pt").write_bytes(_checkpoints["sgd"])
+    return tmp_path / "sgd.pt"
+
+
+@pytest.fixture
+def adam_checkpoint(tmp_path: Path, _checkpoints: dict[str, bytes]) -> Path:
+    (tmp_path / "adam.pt").write_bytes(_checkpoints["adam"])
+    return tmp_path / "adam.pt"
 
 
 def _edited(source: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
@@ -340,3 +350,183 @@ def test_pruning_state_checks_without_loading(adam_checkpoint: Path) -> None:
         pruning.check_state_dict(state)
     with pytest.raises(StateError, match="check_state_dict called before on_train_begin"):
         Pruning(_config("magnitude")).check_state_dict(state)
+
+
+# -- sparse files and folders ------------------------------------------------------------------
+Saved = tuple[nn.Module, Pruning, Path]  # a model, its pruning, and the folder save_pretrained_sparse wrote
+
+
+@pytest.fixture(scope="module")
+def _saved_bert(tmp_path_factory: pytest.TempPathFactory) -> Saved:
+    pytest.importorskip("transformers")
+    from pytorch_pruner import prune_
+    from pytorch_pruner.export import save_pretrained_sparse
+
+    from .conftest import make_bert
+
+    model = make_bert()
+    pruning = prune_(model, {"names": ["encoder"]}, pattern="4x1", target_sparsity=0.75)
+    return model, pruning, save_pretrained_sparse(model, tmp_path_factory.mktemp("bert") / "sparse-bert", pruning)
+
+
+@pytest.fixture
+def sparse_folder(tmp_path: Path, _saved_bert: Saved) -> Saved:
+    """A BERT pruned and saved with save_pretrained_sparse (once), and a copy of its folder to damage."""
+    model, pruning, folder = _saved_bert
+    return model, pruning, Path(shutil.copytree(folder, tmp_path / "sparse-bert"))
+
+
+def test_failed_config_write_keeps_the_old_config_json(sparse_folder: Saved, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Writing config.json failed mid-way: it used to be left at 0 bytes."""
+    pytest.importorskip("transformers")
+    from pytorch_pruner.export import load_pretrained_sparse, save_pretrained_sparse
+
+    model, pruning, folder = sparse_folder
+    good = (folder / "config.json").read_bytes()
+    assert json_loads(good)["architectures"] == ["BertForSequenceClassification"]
+    real_write_text = Path.write_text
+
+    def crash(self: Path, text: str, *args: Any, **kwargs: Any) -> int:
+        if self.name.startswith("config.json"):
+            real_write_text(self, text[:10], *args, **kwargs)
+            raise OSError("disk full")
+        return real_write_text(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", crash)
+    with pytest.raises(OSError, match="disk full"):
+        save_pretrained_sparse(model, folder, pruning)
+    monkeypatch.undo()
+    assert (folder / "config.json").read_bytes() == good
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.sparse.safetensors"]
+    load_pretrained_sparse(folder)
+
+
+def json_loads(data: bytes) -> Any:
+    import json
+
+    return json.loads(data)
+
+
+@pytest.mark.parametrize(
+    ("damage", "match"),
+    [
+        (lambda text: text[: len(text) // 2], r"config\.json' is damaged \(not readable JSON: JSONDecodeError"),
+        (lambda text: "", r"config\.json' is damaged \(not readable JSON"),
+        (lambda text: text.replace('"bert"', '"no-such-model"'), r"config\.json' does not describe a model "
+                                                                 r"transformers can build \(ValueError"),
+        (lambda text: text.replace('"hidden_size": 32', '"hidden_size": "wide"'), r"config\.json' does not describe"),
+        (lambda text: text.replace('"hidden_size": 32', '"hidden_size": 48'), r"safetensors' was saved from another "
+                                                                              r"model"),
+    ],
+)  # fmt: skip
+def test_damaged_config_json_raises_state_error_naming_it(
+    sparse_folder: Saved, damage: Callable[[str], str], match: str
+) -> None:
+    pytest.importorskip("transformers")
+    from pytorch_pruner.export import load_pretrained_sparse
+
+    _, _, folder = sparse_folder
+    config = folder / "config.json"
+    config.write_text(damage(config.read_text()))
+    with pytest.raises(StateError, match=match):
+        load_pretrained_sparse(folder)
+
+
+def _rewrite_metadata(path: Path, edit: Callable[[dict[str, str]], None], reseal: bool) -> None:
+    """Rewrite a sparse file with edited metadata (and a matching checksum if *reseal*)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from pytorch_pruner import export
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    edit(meta)
+    if reseal:
+        meta["sha256"] = export._content_sha256(tensors, meta)
+    save_file(tensors, str(path), metadata=meta)
+
+
+def _set_meta(key: str, value: str | None) -> Callable[[dict[str, str]], None]:
+    def edit(meta: dict[str, str]) -> None:
+        if value is None:
+            del meta[key]
+        else:
+            meta[key] = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("edit", "reseal", "match"),
+    [
+        (_set_meta("report", '{"layers": 5'), False, r"is corrupt: its content does not match the SHA-256"),
+        (_set_meta("sha256", "0" * 64), False, r"is corrupt: its content does not match the SHA-256"),
+        (_set_meta("sha256", None), False, r"is corrupt"),
+        (_set_meta("report", '{"layers": 5'), True, r"is a damaged sparse file: JSONDecodeError"),
+        (_set_meta("report", "[1, 2]"), True, r"is a damaged sparse file: "),
+        (_set_meta("sparse", "[]"), True, r"is a damaged sparse file: TypeError: the 'sparse' and 'aliases'"),
+        (
+            _set_meta("sparse", '{"bert.pooler.dense.weight": {"shape": "ab"}}'),
+            True,
+            r"is a damaged sparse file: ValueError",
+        ),
+        (_set_meta("config", None), True, r"is a damaged sparse file: KeyError: 'config'"),
+        (_set_meta("aliases", '{"x": "nowhere"}'), True, r"is a damaged sparse file: KeyError: 'nowhere'"),
+    ],
+)
+def test_damaged_metadata_raises_state_error_naming_the_file(
+    sparse_folder: Saved, edit: Callable[[dict[str, str]], None], reseal: bool, match: str
+) -> None:
+    pytest.importorskip("transformers")
+    from pytorch_pruner.export import SPARSE_FILE, load_pretrained_sparse
+
+    _, _, folder = sparse_folder
+    _rewrite_metadata(folder / SPARSE_FILE, edit, reseal)
+    with pytest.raises(StateError, match=rf"model\.sparse\.safetensors' {match}"):
+        load_pretrained_sparse(folder)
+
+
+def test_every_byte_flip_or_cut_of_a_sparse_file_is_refused(sparse_folder: Saved) -> None:
+    pytest.importorskip("transformers")
+    from pytorch_pruner.export import SPARSE_FILE, load_pretrained_sparse, read_sparse
+
+    model, _, folder = sparse_folder
+    path = folder / SPARSE_FILE
+    good = path.read_bytes()
+    header = int.from_bytes(good[:8], "little") + 8
+    # 60 positions over the whole file, and 20 inside the tensor data (the values themselves)
+    positions = {round(i * (len(good) - 1) / 59) for i in range(60)}
+    positions |= {header + round(i * (len(good) - header - 1) / 19) for i in range(20)}
+    for pos in sorted(positions):
+        damaged = bytearray(good)
+        damaged[pos] ^= 0x10
+        if good[pos : pos + 1] == b" " or damaged[pos : pos + 1] in (b"\t", b"\n", b"\r"):
+            continue  # JSON padding of the header: a flip to other whitespace changes nothing
+        path.write_bytes(bytes(damaged))
+        with pytest.raises(StateError, match=r"model\.sparse\.safetensors' is "):
+            read_sparse(path)
+    for cut in (0.02, 0.5, 0.99):
+        path.write_bytes(good[: int(len(good) * cut)])
+        with pytest.raises(StateError, match=r"is not a readable safetensors file \(truncated or corrupt\)"):
+            load_pretrained_sparse(folder)
+    path.write_bytes(good)
+    loaded = load_pretrained_sparse(folder)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_a_sparse_file_of_format_1_loads_with_a_warning(sparse_folder: Saved) -> None:
+    pytest.importorskip("transformers")
+    from pytorch_pruner.export import SPARSE_FILE, load_pretrained_sparse
+
+    model, _, folder = sparse_folder
+
+    def old(meta: dict[str, str]) -> None:
+        meta["format"] = "pytorch-pruner-sparse/1"
+        del meta["sha256"]
+
+    _rewrite_metadata(folder / SPARSE_FILE, old, reseal=False)
+    with pytest.warns(UserWarning, match="written without a checksum"):
+        loaded = load_pretrained_sparse(folder)
+    assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
