@@ -530,3 +530,18 @@ def test_a_sparse_file_of_format_1_loads_with_a_warning(sparse_folder: Saved) ->
     with pytest.warns(UserWarning, match="written without a checksum"):
         loaded = load_pretrained_sparse(folder)
     assert all(torch.equal(v, loaded.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_scheduler_keys_in_the_groups_do_not_block_a_resume(adam_checkpoint: Path) -> None:
+    """A scheduler adds ``initial_lr`` to the groups; made before or after the load, it is not an error."""
+    model, _, pruning = _setup("snip_momentum", init_seed=5)
+    optimizer = _adam(model.parameters())
+    torch.optim.lr_scheduler.StepLR(optimizer, step_size=3)  # own groups: + initial_lr
+    load_checkpoint(adam_checkpoint, model, optimizer, pruning)
+    saved = read_checkpoint(adam_checkpoint)
+    saved["optimizer"]["param_groups"][0]["initial_lr"] = 0.01
+    saved["optimizer"]["param_groups"][0]["name"] = "all"
+    path = write_checkpoint(adam_checkpoint.with_name("scheduled.pt"), saved)
+    model, _, pruning = _setup("snip_momentum", init_seed=5)
+    load_checkpoint(path, model, _adam(model.parameters()), pruning)  # saved groups: + initial_lr, name
+    assert pruning.step == 9

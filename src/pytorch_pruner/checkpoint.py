@@ -298,7 +298,8 @@ def check_model_state(model: nn.Module, saved: Any, source: str, dtypes: bool = 
 
 
 #: Optimizer flags that torch's optimizers fill in with a default when a saved state lacks them
-#: (states from an older torch); any other hyperparameter must be in the saved groups.
+#: (states from an older torch); any other hyperparameter (a key of ``optimizer.defaults``) must be
+#: in the saved groups.
 _DEFAULTED_FLAGS = frozenset({"foreach", "maximize", "capturable", "differentiable", "fused", "decoupled_weight_decay"})
 #: Per-parameter state of torch's optimizers shaped like the parameter (checked for any optimizer).
 _PARAM_SHAPED = frozenset(
@@ -372,8 +373,11 @@ def _check_optimizer(
     params = dict(zip(ids, [p for g in optimizer.param_groups for p in g["params"]], strict=True))
     for n, (mine, theirs) in enumerate(zip(optimizer.param_groups, groups, strict=True)):
         keys, saved_keys = set(mine) - {"params", "param_names"}, set(theirs) - {"params", "param_names"}
-        unknown, absent = sorted(saved_keys - keys), sorted(keys - saved_keys - _DEFAULTED_FLAGS)
-        if unknown or absent:
+        # the optimizer's own hyperparameters must all be there; other keys (a scheduler's
+        # ``initial_lr``, a user's ``name``) may come and go
+        needed = keys & set(optimizer.defaults)
+        unknown, absent = sorted(saved_keys - keys), sorted(needed - saved_keys - _DEFAULTED_FLAGS)
+        if absent:
             what = [f"settings {unknown} this {type(optimizer).__name__} does not know"] if unknown else []
             what += [f"no {absent}, which it needs"] if absent else []
             raise StateError(

@@ -169,7 +169,7 @@ def _content_sha256(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) 
         tensor = tensors[key].detach().to("cpu").contiguous()
         digest.update(json.dumps([key, str(tensor.dtype), list(tensor.shape)]).encode())
         if tensor.numel():
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # no copy
     digest.update(json.dumps({k: v for k, v in metadata.items() if k != "sha256"}, sort_keys=True).encode())
     return digest.hexdigest()
 
