@@ -62,6 +62,18 @@ def _sharded_layers(targets: list[Any]) -> list[str]:
     return [t.name for t in targets if isinstance(t.weight, DTensor)]
 
 
+def _refuse_zero3(model: nn.Module) -> None:
+    """DeepSpeed ZeRO stage 3 leaves each rank an empty placeholder per parameter (``ds_id``
+    marks one): there is no weight to score or mask, so refuse before anything is built."""
+    partitioned = [name for name, p in model.named_parameters() if hasattr(p, "ds_id")]
+    if partitioned:
+        shown = ", ".join(partitioned[:5]) + (f" and {len(partitioned) - 5} more" if len(partitioned) > 5 else "")
+        raise PruningError(
+            f"the model's parameters are partitioned by DeepSpeed ZeRO stage 3 ({shown}); pytorch-pruner cannot "
+            "prune them. Use ZeRO stage 1 or 2 or DistributedDataParallel (see docs/distributed.md)"
+        )
+
+
 class Pruning:
     """Prune a model while it trains, as a config says.
 
@@ -131,6 +143,7 @@ class Pruning:
             raise StateError("no model: set `pruning.model = model` or call on_train_begin(model)")
         if self._started:
             return
+        _refuse_zero3(self._model)
         settings = self.config.resolved()
         for s in settings:
             if s.criterion.oneshot_only:
