@@ -14,6 +14,7 @@ import torch
 
 from .config import PrunerSettings
 from .criteria import ScoreSlot
+from .patterns import NInM, NxM, Pattern
 from .selection import _EPS, LayerUnits, select
 from .targets import Target
 
@@ -64,17 +65,7 @@ class Pruner:
             keep = torch.ones(shape, dtype=torch.bool, device=target.weight.device)
             self.layers.append(MaskedLayer(target, keep))
         self.schedule = settings.schedule()
-        slots = [
-            ScoreSlot(
-                weight=layer.target.weight,
-                to_2d=layer.target.to_2d,
-                reduce=self.pattern.reduce,
-                score_shape=tuple(layer.keep.shape),
-                elementwise=layer.target.direct and tuple(layer.keep.shape) == layer.target.shape2d,
-                module=layer.target.module,
-            )
-            for layer in self.layers
-        ]
+        slots = [_slot(layer, self.pattern) for layer in self.layers]
         self.criterion = settings.criterion(slots)
         #: the sparsity the masks were last computed for
         self.current_sparsity = 0.0
@@ -122,12 +113,17 @@ class Pruner:
 
     @torch.no_grad()
     def apply_masks(self) -> None:
-        """Zero the pruned weights in place (elementwise; nothing to do before the first prune)."""
+        """Zero the pruned weights in place (elementwise; nothing to do before the first prune).
+
+        The weight's bits, read as integers, are multiplied by the bool mask viewed as uint8 (no
+        copy): a kept weight keeps its exact bits, a pruned one becomes +0.0 even if it held NaN
+        or inf (a float multiply leaves NaN * 0 = NaN), at the speed of the float multiply (2-3x
+        faster than ``torch.where`` or ``masked_fill_`` on CPU, measured).
+        """
         if not self._masked:
             return
-        # A bool mask viewed as uint8 (no copy) multiplies 2-3x faster than the bool itself on CPU.
         for layer in self.layers:
-            weight = layer.target.weight
+            weight = _as_int(layer.target.weight.detach())
             if layer._full is not None:
                 weight.mul_(layer._full.view(torch.uint8))
             else:
@@ -151,22 +147,23 @@ class Pruner:
             return
         scores = self.criterion.scores()
         s = self.settings
+        ranked = [self.pattern.rank_units(score) for score in scores]  # N:M candidates: once per step
         units = [
             LayerUnits(
-                scores=self.pattern.unit_scores(score),
+                scores=unit_scores,
                 unit_elements=self.pattern.unit_elements(*layer.target.shape2d),
                 numel=layer.numel,
                 max_sparsity=s.max_sparsity_ratio_per_layer,
                 min_sparsity=s.min_sparsity_ratio_per_layer,
                 rows=int(layer.keep.shape[0]),
             )
-            for layer, score in zip(self.layers, scores, strict=True)
+            for layer, (unit_scores, _) in zip(self.layers, ranked, strict=True)
         ]
         if step >= self.schedule.last_step:  # masks are final: input statistics are no longer needed
             self.criterion.remove_hooks()
         chosen = select(units, sparsity, s.prune_domain)
-        for layer, pruned, score in zip(self.layers, chosen, scores, strict=True):
-            layer.keep.copy_(self.pattern.keep_mask(pruned.to(layer.keep.device), score))
+        for layer, pruned, score, (_, memo) in zip(self.layers, chosen, scores, ranked, strict=True):
+            layer.keep.copy_(self.pattern.keep_mask_from(pruned.to(layer.keep.device), score, memo))
         self._set_masks()
         self.apply_masks()
 
@@ -180,6 +177,16 @@ class Pruner:
                 layer._full = layer.target.from_2d(self.pattern.expand(layer.keep, rows, cols))
 
     # -- inspection and state --------------------------------------------------------------
+    def state_bytes(self) -> int:
+        """Bytes this pruner keeps besides the model: masks (and their expanded copies for conv
+        layers) and the criterion's scores."""
+        masks = sum(layer.keep.numel() + (0 if layer._full is None else layer._full.numel()) for layer in self.layers)
+        return masks + self.criterion.state_bytes()
+
+    def scratch_bytes(self) -> int:
+        """Bytes of scratch the per-step work reuses."""
+        return self.criterion.scratch_bytes()
+
     def full_mask(self, layer: MaskedLayer) -> torch.Tensor:
         """The keep-mask of *layer* in the weight's shape (bool)."""
         rows, cols = layer.target.shape2d
@@ -230,3 +237,57 @@ class Pruner:
         self.current_sparsity = float(state["current_sparsity"])
         self._set_masks()
         self.apply_masks()
+
+
+_INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _as_int(t: torch.Tensor) -> torch.Tensor:
+    """*t*'s memory read as integers of the same width (a view)."""
+    return t if not t.is_floating_point() else t.view(_INT_OF_SIZE[t.element_size()])
+
+
+def _slot(layer: MaskedLayer, pattern: Pattern) -> ScoreSlot:
+    """The criterion's view of *layer*; conv layers get block means read in their own layout."""
+    target = layer.target
+    shape = tuple(layer.keep.shape)
+    elementwise = target.direct and shape == target.shape2d
+    block_mean = score_view = None
+    weight = target.weight
+    if target.kind.startswith("Conv") and target.kind != "Conv1D" and weight.is_contiguous():
+        # The 2-D view of [O, C, *k] is [O, K*C] with the input channel fastest (K = prod k): a
+        # permute copy. An element-level score (1x1, N:M) is read as a strided [O, K, C] view of the
+        # element scores instead, and NxM blocks with M dividing C are averaged in place: the same
+        # numbers, summed in the same order, without the copy.
+        out_ch, in_ch = weight.shape[0], weight.shape[1]
+        k = weight.numel() // (out_ch * in_ch)
+        per_element = isinstance(pattern, NInM) or (isinstance(pattern, NxM) and pattern.n == pattern.m == 1)
+        if per_element and shape == target.shape2d:
+
+            def block_mean(elem: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+                return elem.view(out_ch, in_ch, k).permute(0, 2, 1)
+
+            def score_view(scores: torch.Tensor) -> torch.Tensor:
+                return scores.view(out_ch, k, in_ch)
+
+        elif isinstance(pattern, NxM) and in_ch % pattern.m == 0:
+            n, m = pattern.n, pattern.m
+
+            def block_mean(elem: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+                means = out.view(out_ch // n, 1, in_ch // m, 1, k)
+                torch.mean(elem.view(out_ch // n, n, in_ch // m, m, k), dim=(1, 3), keepdim=True, out=means)
+                return means.permute(0, 1, 4, 2, 3)
+
+            def score_view(scores: torch.Tensor) -> torch.Tensor:
+                return scores.view(out_ch // n, 1, k, in_ch // m, 1)
+
+    return ScoreSlot(
+        weight=weight,
+        to_2d=target.to_2d,
+        reduce=pattern.reduce,
+        score_shape=shape,
+        elementwise=elementwise,
+        module=target.module,
+        block_mean=block_mean,
+        score_view=score_view,
+    )

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from .config import PruningConfig, dump_config, load_config, loads_config
+from .criteria import finite_flag
 from .errors import ConfigError, NoMatchingLayersError, PruningError, StateError
 from .pruner import Pruner
 from .report import SparsityRatios, SparsityReport, build_report, sparsity_ratios
@@ -39,18 +40,6 @@ __all__ = ["STATE_FORMAT", "Pruning"]
 
 #: Version of the layout written by :meth:`Pruning.state_dict`.
 STATE_FORMAT = 1
-
-
-def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    """False if any tensor holds inf or NaN (an AMP overflow step).
-
-    A plain sum propagates both (inf - inf is NaN) and is the cheapest full reduction torch has
-    (isfinite().all() and the inf-norm are an order of magnitude slower on CPU); a sum that
-    overflows from finite values would mean gradients near 1e38, a broken step anyway.
-    """
-    if not tensors:
-        return True
-    return bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all())
 
 
 def _sharded_layers(targets: list[Any]) -> list[str]:
@@ -242,7 +231,13 @@ class Pruning:
                 pruner.prune(self.step)
 
     def on_before_optimizer_step(self) -> None:
-        """Fold this step's gradients into gradient criteria (skipped if any is inf/NaN)."""
+        """Fold this step's gradients into gradient criteria (skipped if any is inf/NaN).
+
+        Every active criterion stages its step, one flag says whether all of it is finite (on the
+        device: the host never waits), and each criterion keeps its new scores only where the flag
+        is True: on an AMP overflow step the optimizer skips the update and the scores stay
+        exactly as they were.
+        """
         self._require_started("on_before_optimizer_step")
         if self._scored_at == self.step:
             return
@@ -250,10 +245,10 @@ class Pruning:
         active = [p for p in self.pruners if p.wants_scores(self.step)]
         if not active:
             return
-        if not _all_finite([g for p in active for g in p.gradients()]):
-            return  # an AMP overflow step: the optimizer skips it, the scores do too
+        staged = [t for p in active for t in p.criterion.stage_()]
+        finite = finite_flag(staged)
         for pruner in active:
-            pruner.accumulate_scores()
+            pruner.criterion.commit_(finite)
 
     def on_after_optimizer_step(self) -> None:
         """Re-zero pruned weights (the optimizer may have moved them) and count the step."""

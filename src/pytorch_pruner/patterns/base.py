@@ -68,6 +68,15 @@ class Pattern(ABC):
     def keep_mask(self, pruned_units: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         """1-D bool of pruned units (+ the scores) → keep-mask in ``score_shape``."""
 
+    def rank_units(self, scores: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """:meth:`unit_scores`, plus what :meth:`keep_mask_from` can reuse on the same pruning step
+        (so work shared by both, like N:M's candidates, is done once)."""
+        return self.unit_scores(scores), None
+
+    def keep_mask_from(self, pruned_units: torch.Tensor, scores: torch.Tensor, memo: object) -> torch.Tensor:
+        """:meth:`keep_mask`, given the *memo* :meth:`rank_units` returned for these scores."""
+        return self.keep_mask(pruned_units, scores)
+
     def num_units(self, rows: int, cols: int) -> int:
         """Number of units in a ``[rows, cols]`` view."""
         return rows * cols // self.unit_elements(rows, cols)
