@@ -92,16 +92,24 @@ def minilm_folder() -> Path:
     return folder
 
 
-def clean(docstring: str) -> str | None:
-    """First paragraph of a docstring, markup and library names removed; None if under 5 words."""
-    paragraph = docstring.strip().split("\n\n")[0]
-    text = GIVEAWAYS.sub(" ", MARKUP.sub("", paragraph))
+def clean(docstring: str, whole: bool = False) -> str | None:
+    """First paragraph of a docstring, markup and library names removed; None if under 5 words.
+
+    With ``whole`` (the language-model corpus of ``llm_oneshot.py``): every paragraph, names kept.
+    """
+    paragraph = docstring.strip() if whole else docstring.strip().split("\n\n")[0]
+    text = MARKUP.sub("", paragraph)
+    if not whole:
+        text = GIVEAWAYS.sub(" ", text)
     text = " ".join(text.split())
     return text if len(text.split()) >= 5 else None
 
 
-def library_docstrings(library: str) -> set[str]:
-    """Cleaned docstrings of the public functions and classes in *library*'s source (tests skipped)."""
+def library_docstrings(library: str, whole: bool = False) -> set[str]:
+    """Cleaned docstrings of the public functions and classes in *library*'s source (tests skipped).
+
+    ``whole`` keeps each docstring whole (see :func:`clean`).
+    """
     spec = importlib.util.find_spec(library)
     if spec is None or spec.origin is None:
         raise SystemExit(f"{library} is not installed; the task needs {', '.join(LIBRARIES)}")
@@ -118,7 +126,7 @@ def library_docstrings(library: str) -> set[str]:
                 "_"
             ):
                 doc = ast.get_docstring(node)
-                text = clean(doc) if doc else None
+                text = clean(doc, whole) if doc else None
                 if text:
                     texts.add(text)
     return texts
