@@ -334,24 +334,30 @@ def finish_run(
     window: Any,
     losses: list[float],
     evaluate: Callable[[], dict[str, float]],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate; print the metric, the sparsity ratios and the per-layer report; with ``--slim``,
     slim the model and evaluate it again; save everything.
 
+    Args:
+        extra: more results of the script (e.g. the one-shot prune of ``run_clm_no_trainer.py``),
+            merged into ``results.json``.
+
     Returns:
         The results written to ``results.json`` (metrics, steps, window, ratios; ``slim`` with
-        ``--slim``).
+        ``--slim``; the keys of *extra*).
     """
     metrics = evaluate()
     results: dict[str, Any] = {
         "task_name": args.task_name,
         "metrics": metrics,
         "steps": len(losses),
-        "final_loss": losses[-1],
+        "final_loss": losses[-1] if losses else None,
         "do_prune": args.do_prune,
         "distill_loss_weight": args.distill_loss_weight,
         "window": {"start_step": window.start_step, "end_step": window.end_step},
         "sparsity_ratios": None,
+        **(extra or {}),
     }
     print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     report_json = None
