@@ -7,6 +7,7 @@ selection for which units go, and the schedule for when and how far — and owns
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from .config import PrunerSettings
 from .criteria import ScoreSlot
 from .patterns import NInM, NxM, Pattern
+from .errors import PruningError
 from .selection import _EPS, LayerUnits, select
 from .targets import Target
 
@@ -40,6 +42,8 @@ class MaskedLayer:
 
     @property
     def pruned_elements(self) -> int:
+        if self.keep.is_meta:  # a model built on `meta`, not materialized yet: nothing pruned
+            return 0
         return int((~self.keep).sum()) * (self.numel // self.keep.numel())
 
     @property
@@ -50,12 +54,15 @@ class MaskedLayer:
 class Pruner:
     """Prunes *targets* as *settings* say. Built by :class:`~pytorch_pruner.Pruning`."""
 
-    def __init__(self, settings: PrunerSettings, targets: list[Target]) -> None:
+    def __init__(
+        self, settings: PrunerSettings, targets: list[Target], skipped: Sequence[tuple[str, str]] = ()
+    ) -> None:
         self.settings = settings
         self.pattern = settings.pattern
         self.layers: list[MaskedLayer] = []
-        #: (layer name, reason) for matched layers the pattern does not fit
-        self.skipped: list[tuple[str, str]] = []
+        #: (layer name, reason) for matched layers left dense: the weight checks' (*skipped*) and
+        #: those the pattern does not fit
+        self.skipped: list[tuple[str, str]] = list(skipped)
         for target in targets:
             reason = self.pattern.check(*target.shape2d)
             if reason:
@@ -97,6 +104,28 @@ class Pruner:
         return counts if math.floor(target * sum(n for _, n in counts) + _EPS) == 0 else []
 
     # -- per step --------------------------------------------------------------------------
+    def follow_weights_(self) -> None:
+        """Keep masks and scores with the weights: on each weight's device, and pointing at the
+        weight the module holds now (a model built on ``meta`` and materialized with
+        ``to_empty`` or ``load_state_dict(assign=True)`` holds new tensors).
+
+        A check per layer (identity and device, no tensor work) unless something moved; masks
+        still on ``meta`` hold no decision yet and start again all-kept.
+        """
+        moved = False
+        for i, layer in enumerate(self.layers):
+            weight = layer.target.weight
+            if weight is self.criterion.slots[i].weight and layer.keep.device == weight.device:
+                continue
+            moved = True
+            if layer.keep.is_meta:
+                layer.keep = torch.ones(layer.keep.shape, dtype=torch.bool, device=weight.device)
+            else:
+                layer.keep = layer.keep.to(weight.device)
+            self.criterion.follow_(i, weight)
+        if moved:
+            self._set_masks()
+
     def wants_scores(self, step: int) -> bool:
         """Whether the criterion must see this optimizer step's gradients."""
         if not self.criterion.needs_grad or not self.layers:
@@ -145,6 +174,13 @@ class Pruner:
                 layer.keep.fill_(True)
             self._set_masks()
             return
+        meta = [layer.name for layer in self.layers if layer.keep.is_meta]
+        if meta:
+            raise PruningError(
+                f"the weights of {meta} are on the meta device (the model was built under "
+                "torch.device('meta') and not materialized): materialize it first, e.g. "
+                "model.to_empty(device=...) and load or initialize the weights, then train"
+            )
         scores = self.criterion.scores()
         s = self.settings
         ranked = [self.pattern.rank_units(score) for score in scores]  # N:M candidates: once per step

@@ -34,7 +34,7 @@ from .criteria import finite_flag
 from .errors import ConfigError, NoMatchingLayersError, PruningError, StateError
 from .pruner import Pruner
 from .report import SparsityRatios, SparsityReport, build_report, sparsity_ratios
-from .targets import find_targets, prunable_layers
+from .targets import LAYER_KINDS, WeightChecker, find_targets, prunable_layers
 
 __all__ = ["STATE_FORMAT", "Pruning"]
 
@@ -61,6 +61,35 @@ def _refuse_zero3(model: nn.Module) -> None:
             f"the model's parameters are partitioned by DeepSpeed ZeRO stage 3 ({shown}); pytorch-pruner cannot "
             "prune them. Use ZeRO stage 1 or 2 or DistributedDataParallel (see docs/distributed.md)"
         )
+
+
+def _no_match_message(model: nn.Module, settings: list[Any]) -> str:
+    """What each pruner searched, what the model holds, and how to fix the config."""
+    searched = "; ".join(
+        f"{s.path or 'pruner'}: types {list(s.prune_layer_type)}, names {list(s.names) or 'any'}, "
+        f"excluded {list(s.excluded) or 'none'}"
+        for s in settings
+    )
+    supported = [f"{t.name} ({t.kind})" for t in prunable_layers(model)]
+    others = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2
+        }
+        - {t.kind for t in prunable_layers(model)}
+    )
+    fix = (
+        f"set prune_layer_type to the kinds it holds ({sorted({t.kind for t in prunable_layers(model)})}) "
+        "and check that names / excluded match those layer names"
+        if supported
+        else f"prunable kinds are {list(LAYER_KINDS)} (and their subclasses); this model has none"
+    )
+    return (
+        f"no layer of the model matches any pruner. Searched: {searched}. Prunable layers of this model: "
+        f"{supported[:20] or 'none'}{' ...' if len(supported) > 20 else ''}; other modules with a 2-D weight, "
+        f"never pruned: {others or 'none'}. Fix: {fix}"
+    )
 
 
 class Pruning:
@@ -159,6 +188,7 @@ class Pruning:
                     "update_items_for_all_pruners(start_step=..., end_step=...)) or use 'magnitude'"
                 )
         claimed: set[str] = set()
+        checker = WeightChecker(self._model)
         pruners = []
         for s in settings:
             targets = find_targets(self._model, s.prune_layer_type, s.names, s.excluded)
@@ -186,7 +216,13 @@ class Pruning:
                     "supported yet. Train with DistributedDataParallel (each rank holds the whole weight) "
                     "or on one process"
                 )
-            pruner = Pruner(s, mine)
+            mine, left_dense = checker.split(
+                mine, needs_grad=s.criterion.needs_grad, criterion=s.prune_type, names=s.names
+            )
+            if left_dense:
+                reasons = "\n".join(f"  {name}: {reason}" for name, reason in left_dense)
+                warnings.warn(f"{s.path}: these layers stay dense (see report()):\n{reasons}", stacklevel=2)
+            pruner = Pruner(s, mine, skipped=left_dense)
             coarse = pruner.too_coarse()
             if coarse:
                 units = ", ".join(f"{name} ({n})" for name, n in coarse)
@@ -198,11 +234,7 @@ class Pruning:
                 )
             pruners.append(pruner)
         if not claimed:
-            all_layers = [f"{t.name} ({t.kind})" for t in prunable_layers(self._model)]
-            raise NoMatchingLayersError(
-                "no layer of the model matches any pruner; check prune_layer_type, names and the "
-                f"exclusions. Prunable layers of this model: {all_layers or 'none'}"
-            )
+            raise NoMatchingLayersError(_no_match_message(self._model, settings))
         self.pruners = pruners
         self._started = True
 
@@ -211,6 +243,11 @@ class Pruning:
         if not self._started or self._model is None:
             raise StateError(f"{hook} called before on_train_begin; call pruning.on_train_begin() first")
         return self._model
+
+    def _follow_weights(self) -> None:
+        """Masks and scores follow the weights if the model moved (or was materialized from meta)."""
+        for pruner in self.pruners:
+            pruner.follow_weights_()
 
     # -- hooks -----------------------------------------------------------------------------
     def on_epoch_begin(self, epoch: int | None = None) -> None:
@@ -223,6 +260,7 @@ class Pruning:
         Calling it again within the same optimizer step does nothing.
         """
         self._require_started("on_step_begin")
+        self._follow_weights()
         if self._pruned_at == self.step:
             return
         self._pruned_at = self.step
@@ -272,6 +310,7 @@ class Pruning:
     def on_train_end(self) -> None:
         """Apply the masks once more, so the model leaves training exactly sparse."""
         if self._started:
+            self._follow_weights()
             for pruner in self.pruners:
                 pruner.apply_masks()
                 pruner.criterion.remove_hooks()
@@ -279,15 +318,20 @@ class Pruning:
     # -- results ---------------------------------------------------------------------------
     def get_sparsity_ratio(self) -> SparsityRatios:
         """The seed's three ratios: see :class:`SparsityRatios`."""
-        return sparsity_ratios(self._require_started("get_sparsity_ratio"), self.pruners)
+        model = self._require_started("get_sparsity_ratio")
+        self._follow_weights()
+        return sparsity_ratios(model, self.pruners)
 
     def report(self) -> SparsityReport:
         """Per-layer sparsity, skipped layers with the reason, and the three ratios."""
-        return build_report(self._require_started("report"), self.pruners, self.step)
+        model = self._require_started("report")
+        self._follow_weights()
+        return build_report(model, self.pruners, self.step)
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Keep-masks (bool, True = keep) of every pruned layer, in each weight's shape."""
         self._require_started("masks")
+        self._follow_weights()
         return {layer.name: p.full_mask(layer) for p in self.pruners for layer in p.layers}
 
     def squash(self) -> nn.Module:

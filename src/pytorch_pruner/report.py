@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .targets import prunable_layers
+from .targets import prunable_layers, weight_key
 
 __all__ = ["LayerReport", "SparsityRatios", "SparsityReport", "build_report", "sparsity_ratios"]
 
@@ -109,7 +109,8 @@ def _unique_numel(model: nn.Module) -> int:
 def sparsity_ratios(model: nn.Module, pruners: list[Any]) -> SparsityRatios:
     """Compute :class:`SparsityRatios` for *model* pruned by *pruners*."""
     pruned = sum(layer.pruned_elements for p in pruners for layer in p.layers)
-    matmul = sum(t.weight.numel() for t in prunable_layers(model))
+    # each tensor once: layers sharing a weight (tied) hold it once
+    matmul = sum(numel for numel in {weight_key(t): t.weight.numel() for t in prunable_layers(model)}.values())
     units = pruned_units = 0
     for p in pruners:
         for layer in p.layers:

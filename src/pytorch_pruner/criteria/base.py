@@ -163,6 +163,28 @@ class Criterion(ABC):
     def remove_hooks(self) -> None:  # noqa: B027 (optional: only criteria with hooks override it)
         """Take off any hook the criterion put on the model."""
 
+    def follow_(self, index: int, weight: torch.Tensor) -> None:
+        """Point slot *index* at *weight* (moved to another device, or a new tensor: a model built
+        on ``meta`` and materialized) and move the slot's state to its device.
+
+        The default handles the usual layout: attributes that are lists of one tensor per slot
+        (the slot's entry moves; one on ``meta`` holds no values and restarts at zero) and bare
+        tensors (scratch buffers, moved whole). Override it for other layouts.
+        """
+        self.slots[index].weight = weight
+        device = weight.device
+        for name, value in vars(self).items():
+            if isinstance(value, torch.Tensor) and value.device != device:
+                setattr(self, name, torch.empty_like(value, device=device) if value.is_meta else value.to(device))
+            elif (
+                isinstance(value, list)
+                and len(value) == len(self.slots)
+                and all(isinstance(t, torch.Tensor) for t in value)
+                and value[index].device != device
+            ):
+                old = value[index]
+                value[index] = torch.zeros_like(old, device=device) if old.is_meta else old.to(device)
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 
