@@ -15,8 +15,8 @@ import torch
 
 from .config import PrunerSettings
 from .criteria import ScoreSlot
-from .patterns import NInM, NxM, Pattern
 from .errors import PruningError
+from .patterns import NInM, NxM, Pattern
 from .selection import _EPS, LayerUnits, select
 from .targets import Target
 
