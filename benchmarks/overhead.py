@@ -1,13 +1,28 @@
-"""Per-step cost of pruning while training a BERT-mini-size model on CPU.
+"""Per-step cost of pruning while training: a BERT-mini-size model on CPU, Llama-size layers on a GPU.
 
-Two copies of a BERT-mini-shaped model (hidden 256, 4 layers, ffn 1024; random init, synthetic
-batches) train in the same process, alternating in short rounds so that machine noise hits both
-alike: one dense, one with snip_momentum 4x1 iterative pruning whose window covers the whole run
-(scores accumulate and masks apply every step: the worst case). Prints the median time of an
-ordinary step for each, their ratio, the median cost of the hooks alone, the extra cost of a
-mask-update step, and the bytes of pruner state per pruned weight.
+CPU presets (``--preset small`` / ``--preset large`` / ``--preset both``, the default): two copies of
+a BERT-mini-shaped model (hidden 256, 4 layers, ffn 1024; random init, synthetic batches, AdamW)
+train in one process, dense and pruned (snip_momentum 4x1 on the encoder's Linear layers)
+interleaved in rounds of ``--chunk`` steps, so that machine noise hits both alike.
 
-    python benchmarks/overhead.py [--rounds 12] [--steps 5] [--batch 16] [--seq 128]
+* ``small`` is the reference harness pruners are compared on: batch 32 x 32 tokens, 240 steps, a
+  pruning window from 10% to 70% of them (steps 24-168) to 0.8, a mask update every 10 steps,
+  the two models alternating step by step;
+* ``large`` is this benchmark's older shape: batch 16 x 128 tokens, 63 steps, to 0.9 with a window
+  over the whole run (scores accumulate and masks apply every step), in rounds of 5 steps.
+
+Each run prints the median dense step, the median pruned step outside mask updates, their ratio,
+the median time of the hooks alone, and the median extra of a mask-update step over the median
+dense step; ``--runs`` runs are made and the medians of their ratios and extras are printed last.
+Then the pruner state per pruned weight for each criterion and pattern.
+
+``--preset gpu`` needs CUDA (it explains and exits without): Llama-3.2-1B-shaped layers (16 x
+q, k, v, o, gate, up, down; 0.97 B weights, bf16) with random gradients; it times the pruning
+hooks of an ordinary step against an AdamW step on the same weights (CUDA events), counts the
+kernels each launches (torch.profiler), and runs the hooks under
+``torch.cuda.set_sync_debug_mode("error")`` so that any host sync fails.
+
+    python benchmarks/overhead.py [--preset small|large|both|gpu] [--runs 3]
 """
 
 from __future__ import annotations
@@ -15,49 +30,67 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+import sys
 import time
+from dataclasses import dataclass
 
 import torch
 from tabulate import tabulate
-from transformers import BertConfig, BertForSequenceClassification
 
 from pytorch_pruner import Pruning
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=12)
-    parser.add_argument("--steps", type=int, default=5, help="steps per model per round")
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--seq", type=int, default=128)
-    parser.add_argument("--pattern", default="4x1")
-    parser.add_argument("--prune-type", default="snip_momentum")
-    args = parser.parse_args()
+@dataclass
+class Preset:
+    batch: int
+    seq: int
+    steps: int
+    start: int  # first pruning step
+    end: int  # last pruning step
+    frequency: int
+    target: float
+    chunk: int  # steps per model before switching to the other
+    warmup: int
 
-    torch.manual_seed(0)
+
+PRESETS = {
+    "small": Preset(batch=32, seq=32, steps=240, start=24, end=168, frequency=10, target=0.8, chunk=1, warmup=3),
+    "large": Preset(batch=16, seq=128, steps=63, start=1, end=63, frequency=10, target=0.9, chunk=5, warmup=3),
+}
+
+
+def bert_mini():
+    from transformers import BertConfig, BertForSequenceClassification
+
     config = BertConfig(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024)
-    dense = BertForSequenceClassification(config)
+    return config, BertForSequenceClassification(config)
+
+
+def pruning_config(prune_type: str, pattern: str, target: float, start: int, end: int, frequency: int) -> dict:
+    return {
+        "prune_type": prune_type,
+        "pattern": pattern,
+        "target_sparsity": target,
+        "names": ["encoder"],
+        "prune_layer_type": ["Linear"],
+        "start_step": start,
+        "end_step": end,
+        "update_frequency_on_step": frequency,
+    }
+
+
+def one_run(preset: Preset, prune_type: str, pattern: str, seed: int) -> dict[str, float]:
+    """Train a dense and a pruned copy interleaved; the medians of one run."""
+    torch.manual_seed(seed)
+    config, dense = bert_mini()
     sparse = copy.deepcopy(dense)
-    total_steps = 3 + args.rounds * args.steps  # steps the pruned model takes
-    frequency = args.steps * 2  # a mask update every other round, timed on its own
-    pruning = Pruning(
-        {
-            "prune_type": args.prune_type,
-            "pattern": args.pattern,
-            "target_sparsity": 0.9,
-            "names": ["encoder"],
-            "prune_layer_type": ["Linear"],
-            "start_step": 1,
-            "end_step": total_steps,
-            "update_frequency_on_step": frequency,
-        }
-    )
+    pruning = Pruning(pruning_config(prune_type, pattern, preset.target, preset.start, preset.end, preset.frequency))
     pruning.on_train_begin(sparse)
     opt_dense = torch.optim.AdamW(dense.parameters(), lr=1e-5)
     opt_sparse = torch.optim.AdamW(sparse.parameters(), lr=1e-5)
     batch = {
-        "input_ids": torch.randint(0, config.vocab_size, (args.batch, args.seq)),
-        "labels": torch.randint(0, 2, (args.batch,)),
+        "input_ids": torch.randint(0, config.vocab_size, (preset.batch, preset.seq)),
+        "labels": torch.randint(0, 2, (preset.batch,)),
     }
 
     def step(model, optimizer, p: Pruning | None) -> tuple[float, float, bool]:
@@ -82,38 +115,195 @@ def main() -> None:
         optimizer.zero_grad()
         return time.perf_counter() - start, hooks, pruned
 
-    for _ in range(3):  # warm-up (allocator, first mask update)
+    for _ in range(preset.warmup):  # allocator, first-call costs; the pruned model's steps count
         step(dense, opt_dense, None)
-        step(sparse, opt_sparse, pruning)
-    dense_times, sparse_times, hook_times, update_extra = [], [], [], []
-    for _ in range(args.rounds):
-        dense_times += [step(dense, opt_dense, None)[0] for _ in range(args.steps)]
-        for _ in range(args.steps):
+    dense_times, sparse_times, hook_times, update_times = [], [], [], []
+    while pruning.step < preset.steps:
+        for _ in range(preset.chunk):
+            dense_times.append(step(dense, opt_dense, None)[0])
+        for _ in range(min(preset.chunk, preset.steps - pruning.step)):
             total, hooks, pruned = step(sparse, opt_sparse, pruning)
-            if pruned:
-                update_extra.append(total - statistics.median(dense_times))
-            else:
-                sparse_times.append(total)
+            (update_times if pruned else sparse_times).append(total)
+            if not pruned:
                 hook_times.append(hooks)
-
-    layers = [layer for p in pruning.pruners for layer in p.layers]
-    weights = sum(layer.numel for layer in layers)
-    state = sum(layer.keep.numel() for layer in layers) + sum(p.criterion.state_bytes() for p in pruning.pruners)
     d, s = statistics.median(dense_times), statistics.median(sparse_times)
-    hooks = statistics.median(hook_times)
+    return {
+        "dense": d,
+        "pruned": s,
+        "ratio": s / d,
+        "hooks": statistics.median(hook_times),
+        "update_extra": statistics.median(update_times) - d if update_times else float("nan"),
+        "updates": len(update_times),
+        "steps": len(sparse_times),
+        "sparsity": pruning.report().block_sparsity,
+    }
+
+
+def cpu_table(name: str, preset: Preset, runs: int, prune_type: str, pattern: str) -> None:
+    results = [one_run(preset, prune_type, pattern, seed=run) for run in range(runs)]
     rows = [
-        ["dense step (median)", f"{1e3 * d:.1f} ms"],
-        [f"{args.prune_type} {args.pattern} step (median)", f"{1e3 * s:.1f} ms"],
-        ["ratio pruned / dense", f"x{s / d:.4f}"],
-        ["hooks alone (median)", f"{1e3 * hooks:.2f} ms ({100 * hooks / d:.2f}% of a step)"],
-        ["mask-update step, extra over a dense step (median)", f"{1e3 * statistics.median(update_extra):.1f} ms"],
-        ["pruner state per pruned weight", f"{state / weights:.2f} B"],
-        ["steps timed (dense / pruned / updates)", f"{len(dense_times)} / {len(sparse_times)} / {len(update_extra)}"],
+        [
+            f"run {i + 1}",
+            f"{1e3 * r['dense']:.1f}",
+            f"{1e3 * r['pruned']:.1f}",
+            f"x{r['ratio']:.4f}",
+            f"{1e3 * r['hooks']:.2f} ({100 * r['hooks'] / r['dense']:.2f}%)",
+            f"{1e3 * r['update_extra']:+.1f}",
+            f"{r['steps']} / {r['updates']}",
+            f"{r['sparsity']:.3f}",
+        ]
+        for i, r in enumerate(results)
     ]
+    rows.append(
+        [
+            f"median of {runs}",
+            "",
+            "",
+            f"x{statistics.median(r['ratio'] for r in results):.4f}",
+            "",
+            f"{1e3 * statistics.median(r['update_extra'] for r in results):+.1f}",
+            "",
+            "",
+        ]
+    )
+    headers = [
+        "",
+        "dense step ms",
+        "pruned step ms",
+        "ratio",
+        "hooks ms (% of step)",
+        "mask update extra ms",
+        "steps / updates",
+        "sparsity",
+    ]
+    print(
+        f"\n{name}: BERT-mini size, batch {preset.batch} x {preset.seq} tokens, AdamW, {prune_type} {pattern} "
+        f"to {preset.target} over steps {preset.start}-{preset.end} of {preset.steps}, every {preset.frequency} "
+        f"steps; models alternate every {preset.chunk} step(s)"
+    )
+    print(tabulate(rows, headers=headers))
+
+
+def state_table() -> None:
+    """Bytes of pruner state per pruned weight, for each criterion and pattern."""
+    _, model = bert_mini()
+    rows = []
+    for prune_type in ("magnitude", "snip_momentum"):
+        for pattern in ("1x1", "4x1", "2:4"):
+            pruning = Pruning(pruning_config(prune_type, pattern, 0.5, 1, 2, 1))
+            pruning.on_train_begin(model)
+            weights = sum(layer.numel for p in pruning.pruners for layer in p.layers)
+            state = sum(p.state_bytes() for p in pruning.pruners)
+            scratch = sum(p.scratch_bytes() for p in pruning.pruners)
+            rows.append([prune_type, pattern, f"{state / weights:.2f} B", f"{scratch / weights:.3f} B"])
+    print("\npruner state per pruned weight (BERT-mini encoder Linear layers)")
+    print(tabulate(rows, headers=["criterion", "pattern", "state (masks + scores)", "scratch (reused)"]))
+
+
+# -- GPU -----------------------------------------------------------------------------------------
+def gpu_benchmark(pattern: str) -> None:
+    if not torch.cuda.is_available():
+        print(
+            "--preset gpu needs a CUDA device and there is none here: nothing measured. Run it where torch "
+            "sees a GPU: python benchmarks/overhead.py --preset gpu"
+        )
+        return
+    from torch import nn
+    from torch.profiler import ProfilerActivity, profile
+
+    hidden, inter, kv, layers = 2048, 8192, 512, 16  # Llama-3.2-1B's decoder layers
+    shapes = [(hidden, hidden), (kv, hidden), (kv, hidden), (hidden, hidden), (inter, hidden), (inter, hidden)]
+    shapes.append((hidden, inter))
+    torch.manual_seed(0)
+    model = nn.ModuleList(
+        nn.ModuleList(nn.Linear(i, o, bias=False, device="cuda", dtype=torch.bfloat16) for o, i in shapes)
+        for _ in range(layers)
+    )
+    weights = sum(p.numel() for p in model.parameters())
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-5)
+    pruning = Pruning(
+        {
+            "prune_type": "snip_momentum",
+            "pattern": pattern,
+            "target_sparsity": 0.5,
+            "start_step": 1,
+            "end_step": 1000,
+            "update_frequency_on_step": 100,
+        }
+    )
+    pruning.on_train_begin(model)
+    for _ in range(3):  # step 1 prunes, so masks apply from then on; warm-up
+        pruning.on_step_begin()
+        pruning.on_before_optimizer_step()
+        optimizer.step()
+        pruning.on_after_optimizer_step()
+
+    def hooks() -> None:
+        pruning.on_step_begin()
+        pruning.on_before_optimizer_step()
+        pruning.on_after_optimizer_step()
+
+    def timed(fn, repeat: int = 10) -> float:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        times = []
+        for _ in range(repeat):
+            torch.cuda.synchronize()
+            start.record()
+            fn()
+            end.record()
+            torch.cuda.synchronize()
+            times.append(start.elapsed_time(end))
+        return statistics.median(times)
+
+    hook_ms = timed(hooks)
+    adam_ms = timed(optimizer.step)
+
+    def kernels(fn) -> int:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        return sum(e.count for e in prof.key_averages() if e.device_type.name == "CUDA")
+
+    hook_kernels, adam_kernels = kernels(hooks), kernels(optimizer.step)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        hooks()
+        synced = "none (ran under set_sync_debug_mode('error'))"
+    except RuntimeError as err:
+        synced = f"SYNCED: {err}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    rows = [
+        ["hooks of an ordinary step (median of 10)", f"{hook_ms:.2f} ms", f"{hook_kernels} kernels"],
+        ["AdamW step on the same weights (median of 10)", f"{adam_ms:.2f} ms", f"{adam_kernels} kernels"],
+        ["hooks / AdamW", f"{hook_ms / adam_ms:.3f}", ""],
+        ["host syncs in the hooks", synced, ""],
+    ]
+    print(
+        f"\nGPU: {torch.cuda.get_device_name()}, {layers} Llama-3.2-1B decoder layers ({weights / 1e9:.2f} B weights, "
+        f"bf16), snip_momentum {pattern}, torch {torch.__version__}"
+    )
+    print(tabulate(rows, headers=["measure", "value", "launches"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", choices=["small", "large", "both", "gpu"], default="both")
+    parser.add_argument("--runs", type=int, default=3, help="interleaved runs per CPU preset")
+    parser.add_argument("--pattern", default="4x1")
+    parser.add_argument("--prune-type", default="snip_momentum")
+    args = parser.parse_args()
+    if args.preset == "gpu":
+        gpu_benchmark(args.pattern)
+        return
     threads = torch.get_num_threads()
-    print(f"BERT-mini size, batch {args.batch} x seq {args.seq}, torch {torch.__version__}, {threads} threads")
-    print(tabulate(rows, headers=["measure", "value"]))
-    print(f"final sparsity of the pruned layers: {pruning.report().block_sparsity:.3f}")
+    print(f"torch {torch.__version__}, {threads} threads, {sys.platform}")
+    for name in ("small", "large") if args.preset == "both" else (args.preset,):
+        cpu_table(name, PRESETS[name], args.runs, args.prune_type, args.pattern)
+    state_table()
 
 
 if __name__ == "__main__":

@@ -21,10 +21,15 @@ Not a test: it fine-tunes real weights for minutes and prints a table.
   model with it as the distillation teacher: snip_momentum 4x1 at 0.8 and 2:4 at 0.5 (encoder
   Linear layers; iterative exp schedule, about 10 pruning steps; the last ``--cooldown_epochs``
   keep the masks fixed). Sparse runs use AdamW betas (0.9, 0.9) and the hidden-state MSE loss.
+* **The control** ("dense, same budget"): the pruned runs train ``--sparse_epochs`` more epochs
+  than the dense model, so a pruned run that beats the dense model may owe it to those epochs. The
+  control trains the dense model that much longer with the same recipe and nothing pruned (same
+  epochs, learning rate, AdamW betas (0.9, 0.9), distillation from the dense model), and the
+  column "vs same budget" compares each pruned run with it: like with like.
 
 Run::
 
-    python benchmarks/quality.py      # defaults: about 2 + 2 x 8 min on 2 cores
+    python benchmarks/quality.py      # defaults: about 2 + 3 x 8 min on 2 cores
     python benchmarks/quality.py --epochs 2 --sparse_epochs 2 --cooldown_epochs 1 \
         --max_train_samples 700 --max_eval_samples 350   # a quick look (the drop is larger)
     python benchmarks/quality.py --work_dir runs/q --reuse_dense --patterns 4x1@0.8   # one pattern
@@ -87,16 +92,24 @@ def minilm_folder() -> Path:
     return folder
 
 
-def clean(docstring: str) -> str | None:
-    """First paragraph of a docstring, markup and library names removed; None if under 5 words."""
-    paragraph = docstring.strip().split("\n\n")[0]
-    text = GIVEAWAYS.sub(" ", MARKUP.sub("", paragraph))
+def clean(docstring: str, whole: bool = False) -> str | None:
+    """First paragraph of a docstring, markup and library names removed; None if under 5 words.
+
+    With ``whole`` (the language-model corpus of ``llm_oneshot.py``): every paragraph, names kept.
+    """
+    paragraph = docstring.strip() if whole else docstring.strip().split("\n\n")[0]
+    text = MARKUP.sub("", paragraph)
+    if not whole:
+        text = GIVEAWAYS.sub(" ", text)
     text = " ".join(text.split())
     return text if len(text.split()) >= 5 else None
 
 
-def library_docstrings(library: str) -> set[str]:
-    """Cleaned docstrings of the public functions and classes in *library*'s source (tests skipped)."""
+def library_docstrings(library: str, whole: bool = False) -> set[str]:
+    """Cleaned docstrings of the public functions and classes in *library*'s source (tests skipped).
+
+    ``whole`` keeps each docstring whole (see :func:`clean`).
+    """
     spec = importlib.util.find_spec(library)
     if spec is None or spec.origin is None:
         raise SystemExit(f"{library} is not installed; the task needs {', '.join(LIBRARIES)}")
@@ -113,7 +126,7 @@ def library_docstrings(library: str) -> set[str]:
                 "_"
             ):
                 doc = ast.get_docstring(node)
-                text = clean(doc) if doc else None
+                text = clean(doc, whole) if doc else None
                 if text:
                     texts.add(text)
     return texts
@@ -285,6 +298,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default="4x1@0.8,2:4@0.5",
         help=f"comma-separated PATTERN@TARGET runs; PATTERN is a pytorch-pruner pattern or one of {list(STRUCTURED)}",
     )
+    parser.add_argument(
+        "--no_same_budget",
+        action="store_true",
+        help="skip the control: the dense model trained --sparse_epochs more with the pruned runs' recipe",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--work_dir", default=None, help="keep data, models and results here (default: a temp dir)")
     parser.add_argument(
@@ -348,14 +366,26 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     name = "dense (reused)" if dense_s == 0.0 else "dense"
     rows.append({"run": name, "pattern": "-", "target": 0.0, "ratio_a": 0.0, "accuracy": base,
                  "relative_drop": 0.0, "minutes": dense_s / 60})  # fmt: skip
+    distill = ["--distill_loss_weight", str(args.distill_loss_weight)]
+    same_budget = None  # accuracy of the control: dense, trained as long as each pruned run, same recipe
+    if not args.no_same_budget:
+        control = work / "dense_same_budget"
+        if args.reuse_runs and (control / "results.json").is_file():
+            results, seconds = json.loads((control / "results.json").read_text()), 0.0
+        else:  # the pruning runs' optimizer betas (0.9, 0.9) and distillation, nothing pruned
+            results, seconds = run(control, args.sparse_epochs, args.sparse_learning_rate, *distill,
+                                   "--adam_beta2", "0.9")  # fmt: skip
+        same_budget = results["metrics"]["accuracy"]
+        rows.append({"run": "dense, same budget", "pattern": "-", "target": 0.0, "ratio_a": 0.0,
+                     "accuracy": same_budget, "relative_drop": (same_budget - base) / base,
+                     "vs_same_budget": 0.0, "minutes": seconds / 60})  # fmt: skip
     steps_per_epoch = -(-(sum(1 for _ in train_csv.open()) - 1) // args.batch_size)
     window = int((args.sparse_epochs - args.cooldown_epochs) * steps_per_epoch)
     frequency = max(1, window // 10)  # about 10 pruning steps
     for spec in filter(None, args.patterns.split(",")):
         pattern, target = spec.split("@")
         name = "sparse_" + pattern.replace(":", "in").replace("+", "_")
-        extra = ["--do_prune", "--cooldown_epochs", str(args.cooldown_epochs),
-                 "--distill_loss_weight", str(args.distill_loss_weight)]  # fmt: skip
+        extra = ["--do_prune", "--cooldown_epochs", str(args.cooldown_epochs), *distill]
         if pattern in STRUCTURED:
             model_config = json.loads((work / "dense" / "config.json").read_text())
             head_dim = model_config["hidden_size"] // model_config["num_attention_heads"]
@@ -372,6 +402,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         row = {"run": "pruned + distilled", "pattern": pattern, "target": float(target),
                "ratio_a": results["sparsity_ratios"]["elementwise_over_matmul_gemm_conv"],
                "accuracy": acc, "relative_drop": (acc - base) / base, "minutes": seconds / 60}  # fmt: skip
+        if same_budget is not None:
+            row["vs_same_budget"] = (acc - same_budget) / same_budget
         if not args.no_export:
             row.update(export_and_time(work / "dense", work / name, dev_csv, args, "slim" in results))
         rows.append(row)
@@ -382,7 +414,8 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
 
 
 def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    """Print dense vs pruned accuracy with the relative drop and the time each run took."""
+    """Print dense vs pruned accuracy with the relative drop (against the dense model and against the
+    same-budget control) and the time each run took."""
     from tabulate import tabulate
 
     def exported(r: dict[str, Any]) -> list[str]:
@@ -390,16 +423,24 @@ def print_table(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             return ["-", "-", "-", "-"]
         return [r["export"], f"{r['params']:.2f}", f"{r['accuracy_exported']:.4f}", f"{r['speedup']:.2f}x"]
 
+    def vs_same(r: dict[str, Any]) -> str:
+        return f"{100 * r['vs_same_budget']:+.2f}%" if "vs_same_budget" in r else "-"
+
     table = [[r["run"], r["pattern"], f"{r['target']:.2f}", f"{r['ratio_a']:.4f}", f"{r['accuracy']:.4f}",
-              f"{100 * r['relative_drop']:+.2f}%", *exported(r), f"{r['minutes']:.1f}"] for r in rows]  # fmt: skip
+              f"{100 * r['relative_drop']:+.2f}%", vs_same(r), *exported(r), f"{r['minutes']:.1f}"]
+             for r in rows]  # fmt: skip
     print()
     print(
         f"all-MiniLM-L6-v2, docstring -> library (7 classes), {args.max_train_samples} train texts, "
         f"dense {args.epochs:g} epochs, pruned {args.sparse_epochs:g} epochs ({args.cooldown_epochs:g} cooldown), "
         f"{args.threads} CPU threads"
     )
-    headers = ["run", "pattern", "target", "ratio (a)", "accuracy", "relative drop", "export", "params",
-               "exported accuracy", "speedup", "minutes"]  # fmt: skip
+    print(
+        "relative drop: against the dense model; vs same budget: against the dense model trained as long as "
+        "each pruned run with the same recipe (distillation, AdamW betas (0.9, 0.9)), nothing pruned"
+    )
+    headers = ["run", "pattern", "target", "ratio (a)", "accuracy", "relative drop", "vs same budget", "export",
+               "params", "exported accuracy", "speedup", "minutes"]  # fmt: skip
     print(tabulate(table, headers=headers, disable_numparse=True))
     if any("export" in r for r in rows):
         print(

@@ -294,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             if args.do_prune
             else "dense training (no --do_prune)"
         )
-    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, args.do_prune)
+    optimizer = build_optimizer(model, args.learning_rate, args.weight_decay, args.do_prune, args.adam_beta2)
     scheduler = get_scheduler(
         "linear", optimizer, num_warmup_steps=args.num_warmup_steps, num_training_steps=window.total_steps
     )

@@ -88,6 +88,12 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
         help="after training, remove the pruned FFN neurons and attention heads (patterns channelx1 and "
         "head:<head_dim>, docs/speed.md) and save the smaller model; load it with pytorch_pruner.speed.load_slimmed",
     )
+    parser.add_argument(
+        "--adam_beta2",
+        type=float,
+        default=None,
+        help="AdamW's second beta; default 0.9 with --do_prune (the seed's), else 0.999",
+    )
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--seed", type=int, default=42)
 
@@ -123,6 +129,8 @@ def check_common_args(args: argparse.Namespace) -> None:
             "--slim removes what pruning zeroed: it needs --do_prune and --pruning_config with channelx1 on the "
             "FFN output layers and/or head:<head_dim> on attention.output.dense (see docs/speed.md)"
         )
+    if args.adam_beta2 is not None and not 0 <= args.adam_beta2 < 1:
+        raise ValueError(f"--adam_beta2 must be in [0, 1), got {args.adam_beta2}")
     if args.max_train_steps is not None and args.max_train_steps < 1:
         raise ValueError(f"--max_train_steps must be >= 1, got {args.max_train_steps}")
 
@@ -230,7 +238,9 @@ def pruning_window(
     return PruningWindow(total, per_epoch, start, end)
 
 
-def build_optimizer(model: nn.Module, lr: float, weight_decay: float, do_prune: bool) -> torch.optim.AdamW:
+def build_optimizer(
+    model: nn.Module, lr: float, weight_decay: float, do_prune: bool, beta2: float | None = None
+) -> torch.optim.AdamW:
     """AdamW over the trainable parameters, no decay on biases and LayerNorm weights (SPEC §8).
 
     When pruning, betas are (0.9, 0.9), as in the seed: a shorter second-moment memory follows the
@@ -241,6 +251,8 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, do_prune: 
         lr: learning rate.
         weight_decay: decay of the other weights.
         do_prune: use the pruning betas.
+        beta2: the second beta instead (``--adam_beta2``), e.g. to train a dense control with the
+            pruned runs' recipe.
 
     Returns:
         The optimizer.
@@ -251,7 +263,7 @@ def build_optimizer(model: nn.Module, lr: float, weight_decay: float, do_prune: 
             continue  # e.g. the frozen classifier under distillation
         (no_decay if any(k in name for k in NO_DECAY) else decay).append(param)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    betas = (0.9, 0.9) if do_prune else (0.9, 0.999)
+    betas = (0.9, beta2) if beta2 is not None else (0.9, 0.9) if do_prune else (0.9, 0.999)
     return torch.optim.AdamW(groups, lr=lr, betas=betas)
 
 
@@ -322,24 +334,30 @@ def finish_run(
     window: Any,
     losses: list[float],
     evaluate: Callable[[], dict[str, float]],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate; print the metric, the sparsity ratios and the per-layer report; with ``--slim``,
     slim the model and evaluate it again; save everything.
 
+    Args:
+        extra: more results of the script (e.g. the one-shot prune of ``run_clm_no_trainer.py``),
+            merged into ``results.json``.
+
     Returns:
         The results written to ``results.json`` (metrics, steps, window, ratios; ``slim`` with
-        ``--slim``).
+        ``--slim``; the keys of *extra*).
     """
     metrics = evaluate()
     results: dict[str, Any] = {
         "task_name": args.task_name,
         "metrics": metrics,
         "steps": len(losses),
-        "final_loss": losses[-1],
+        "final_loss": losses[-1] if losses else None,
         "do_prune": args.do_prune,
         "distill_loss_weight": args.distill_loss_weight,
         "window": {"start_step": window.start_step, "end_step": window.end_step},
         "sparsity_ratios": None,
+        **(extra or {}),
     }
     print("eval: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
     report_json = None

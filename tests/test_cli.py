@@ -7,11 +7,10 @@ import re
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from pytorch_pruner import Pruning, dump_config, prune_
-from pytorch_pruner.checkpoint import save_checkpoint
+from pytorch_pruner.checkpoint import CHECKPOINT_FORMAT, save_checkpoint, write_checkpoint
 from pytorch_pruner.cli import main, plan_layers
 
 from .conftest import SEED_YAML, make_bert, make_convnet, make_mlp
@@ -255,16 +254,16 @@ def test_report_errors(capsys: pytest.CaptureFixture[str], pruned: tuple, tmp_pa
     model = make_mlp()
     pruning = prune_(model, pattern="1x1", target_sparsity=0.5)
     data = {
-        "pytorch_pruner_checkpoint": 1,
+        "pytorch_pruner_checkpoint": CHECKPOINT_FORMAT,
         "model": {},
         "optimizer": None,
         "pruning": pruning.state_dict(),
         "extra": {},
     }
-    torch.save(data, tmp_path / "noreport.pt")
+    write_checkpoint(tmp_path / "noreport.pt", data)
     code, _, err = _run(capsys, "report", str(tmp_path / "noreport.pt"))
     assert code == 1 and "holds no report; write checkpoints with save_checkpoint" in err
-    torch.save({**data, "report": {"step": 1}}, tmp_path / "badreport.pt")
+    write_checkpoint(tmp_path / "badreport.pt", {**data, "report": {"step": 1}})
     code, _, err = _run(capsys, "report", str(tmp_path / "badreport.pt"))
     assert code == 1 and "holds a damaged report (KeyError" in err
 

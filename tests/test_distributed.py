@@ -152,3 +152,17 @@ def test_input_statistics_are_all_reduced_as_one_process_would_count_them(ranks:
     for result in ranks:
         torch.testing.assert_close(result["statistics"]["mean_sq"], everything.pow(2).mean(0))
         torch.testing.assert_close(result["statistics"]["hessian"], 2.0 / 6 * everything.t() @ everything)
+
+
+def test_deepspeed_zero3_partitioned_parameters_are_refused_clearly() -> None:
+    # ZeRO-3 leaves an empty placeholder per parameter, marked with ds_id (simulated: no deepspeed here)
+    model = make_mlp()
+    before = {name: p.shape for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.ds_id, p.ds_shape = 0, p.shape
+        p.data = torch.empty(0)
+    pruning = Pruning({"prune_type": "magnitude", "pattern": "1x1"})
+    message = r"partitioned by DeepSpeed ZeRO stage 3 \(fc1.weight, .*Use ZeRO stage 1 or 2"
+    with pytest.raises(PruningError, match=message):
+        pruning.on_train_begin(model)
+    assert pruning.pruners == [] and {n: p.ds_shape for n, p in model.named_parameters()} == before

@@ -79,23 +79,24 @@ def test_squash_bakes_zeros_and_leaves_a_plain_model() -> None:
     assert remove is squash and Pruning.remove is Pruning.squash
 
 
-def test_squash_removes_a_foreign_parametrization_keeping_the_value() -> None:
+def test_squash_leaves_a_parametrized_layer_as_it_was() -> None:
+    """A parametrized weight is never pruned (SPEC §10: a mask on the stored tensor would not reach
+    what forward computes), so squash has nothing of it to bake and leaves the parametrization."""
     from torch.nn.utils import parametrize
 
     class Double(nn.Module):
         def forward(self, w: torch.Tensor) -> torch.Tensor:
             return w * 2
 
-    model = nn.Sequential(nn.Linear(8, 8))
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 8))
     parametrize.register_parametrization(model[0], "weight", Double())
-    pruning = prune_(model, pattern="1x1", target_sparsity=0.5)
     expected = model[0].weight.detach().clone()
+    with pytest.warns(UserWarning, match="0: parametrized weight"):
+        pruning = prune_(model, pattern="1x1", target_sparsity=0.5)
     squash(pruning)
-    assert not parametrize.is_parametrized(model[0])
-    assert set(model.state_dict()) == {"0.weight", "0.bias"}
-    mask = pruning.masks()["0"]
-    assert torch.equal(model[0].weight.detach()[mask], expected[mask])
-    assert bool((model[0].weight[~mask] == 0).all())
+    assert parametrize.is_parametrized(model[0])
+    assert torch.equal(model[0].weight, expected)
+    assert set(pruning.masks()) == {"1"} and int((model[1].weight == 0).sum()) == 32
 
 
 def test_squash_before_on_train_begin_is_refused() -> None:
@@ -250,6 +251,8 @@ def test_load_sparse_errors_change_nothing(tmp_path: Path) -> None:
 
     from safetensors.torch import save_file
 
+    from pytorch_pruner.export import _content_sha256
+
     save_file({"w": torch.zeros(2)}, str(tmp_path / "plain.safetensors"))
     with pytest.raises(StateError, match="not a pytorch-pruner sparse file"):
         read_sparse(tmp_path / "plain.safetensors")
@@ -259,7 +262,9 @@ def test_load_sparse_errors_change_nothing(tmp_path: Path) -> None:
         "sparse": '{"fc1.weight": {"shape": [64, 32]}}',
         "aliases": "{}",
         "report": pruning.report().to_json(),
+        "config": "",
     }
+    meta["sha256"] = _content_sha256({"w": torch.zeros(2)}, meta)  # intact, as written: damaged inside
     save_file({"w": torch.zeros(2)}, str(tmp_path / "damaged.safetensors"), metadata=meta)
     with pytest.raises(StateError, match=r"is a damaged sparse file: KeyError: 'fc1\.weight\.__mask__'"):
         read_sparse(tmp_path / "damaged.safetensors")

@@ -10,7 +10,13 @@ import torch
 from torch import nn
 
 from pytorch_pruner import Pruning, StateError
-from pytorch_pruner.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, read_checkpoint, save_checkpoint
+from pytorch_pruner.checkpoint import (
+    CHECKPOINT_FORMAT,
+    load_checkpoint,
+    read_checkpoint,
+    save_checkpoint,
+    write_checkpoint,
+)
 
 from .conftest import make_mlp
 
@@ -209,7 +215,7 @@ def test_pruning_state_of_other_layers_is_refused(tmp_path: Path, saved: Path) -
     # same model and config text but the pruning state lists other layers: Pruning's own check
     data = read_checkpoint(saved)
     data["pruning"]["pruners"][0]["layers"] = ["head"]
-    torch.save(data, tmp_path / "edited.pt")
+    write_checkpoint(tmp_path / "edited.pt", data)
     model, optimizer, pruning = _target_after_some_steps()
 
     def load() -> None:
@@ -235,7 +241,7 @@ def test_not_a_checkpoint_missing_file_and_other_format(tmp_path: Path) -> None:
     torch.save({"pytorch_pruner_checkpoint": CHECKPOINT_FORMAT + 1}, tmp_path / "future.pt")
     with pytest.raises(StateError, match=f"format {CHECKPOINT_FORMAT + 1}; this version reads format"):
         read_checkpoint(tmp_path / "future.pt")
-    torch.save({"pytorch_pruner_checkpoint": CHECKPOINT_FORMAT, "model": {}}, tmp_path / "partial.pt")
+    write_checkpoint(tmp_path / "partial.pt", {"pytorch_pruner_checkpoint": CHECKPOINT_FORMAT, "model": {}})
     with pytest.raises(StateError, match=r"damaged checkpoint: entries \['optimizer', 'pruning', 'extra'\]"):
         read_checkpoint(tmp_path / "partial.pt")
 

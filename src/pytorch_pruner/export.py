@@ -6,11 +6,17 @@
 * :func:`save_sparse` writes a `safetensors <https://huggingface.co/docs/safetensors>`_ file in
   which every pruned weight is stored as a packed bitmask (8 mask bits per byte, most significant
   bit first, in the weight's own row-major layout) plus the values of the kept positions; every
-  other tensor is stored dense. The file's metadata holds the config YAML, the sparsity ratios and
-  the per-layer report (pattern, target, achieved sparsity). :func:`load_sparse` rebuilds dense
-  tensors from it.
+  other tensor is stored dense. The file's metadata holds the config YAML, the sparsity ratios,
+  the per-layer report (pattern, target, achieved sparsity) and a SHA-256 of all the rest (every
+  tensor's name, dtype, shape and bytes, and the other metadata), checked at load, so that a
+  changed byte is an error and not a changed weight. :func:`load_sparse` rebuilds dense tensors
+  from it.
 * :func:`save_pretrained_sparse` / :func:`load_pretrained_sparse` do the same for a transformers
   model folder: ``config.json`` next to ``model.sparse.safetensors``.
+
+Every file is written atomically (:func:`~pytorch_pruner.fileio.atomic_write`): a failed or killed
+save leaves the previous file whole. A missing, truncated, altered or damaged file raises
+:class:`~pytorch_pruner.StateError` naming the file and what is wrong with it.
 
 Pruned positions are restored as ``+0.0``; everything else round-trips bit for bit.
 """
@@ -18,8 +24,10 @@ Pruned positions are restored as ``+0.0``; everything else round-trips bit for b
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,8 +35,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from .checkpoint import check_model_state, write_atomically
+from .checkpoint import check_model_state
 from .errors import StateError
+from .fileio import atomic_write, atomic_write_text
 from .targets import unwrap_model
 
 if TYPE_CHECKING:
@@ -51,8 +60,10 @@ __all__ = [
     "unpack_bits",
 ]
 
-#: Value of the ``format`` metadata entry of a sparse file.
-SPARSE_FORMAT = "pytorch-pruner-sparse/1"
+#: Value of the ``format`` metadata entry of a sparse file (``/2``: with a ``sha256`` entry;
+#: ``/1`` files, without it, are still read).
+SPARSE_FORMAT = "pytorch-pruner-sparse/2"
+_OLD_FORMAT = "pytorch-pruner-sparse/1"
 #: File name of the weights inside a folder written by :func:`save_pretrained_sparse`.
 SPARSE_FILE = "model.sparse.safetensors"
 _MASK, _VALUES = ".__mask__", ".__values__"
@@ -150,6 +161,19 @@ def _safetensors() -> Any:
     return safetensors
 
 
+def _content_sha256(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> str:
+    """SHA-256 of a sparse file's content: each tensor's name, dtype, shape and bytes (by name), and
+    the metadata other than ``sha256``, so that it can be recomputed from what was read."""
+    digest = hashlib.sha256()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().to("cpu").contiguous()
+        digest.update(json.dumps([key, str(tensor.dtype), list(tensor.shape)]).encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())  # no copy
+    digest.update(json.dumps({k: v for k, v in metadata.items() if k != "sha256"}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
 @dataclass(frozen=True)
 class SparseFile:
     """What a sparse file holds, besides the tensors.
@@ -235,9 +259,10 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
         "sparse": json.dumps(sparse),
         "aliases": json.dumps(aliases),
     }
+    metadata["sha256"] = _content_sha256(tensors, metadata)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, lambda tmp: st.torch.save_file(tensors, str(tmp), metadata=metadata))
+    atomic_write(path, lambda tmp: st.torch.save_file(tensors, str(tmp), metadata=metadata))
     return path
 
 
@@ -259,29 +284,45 @@ def read_sparse(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], 
             raw = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no __iter__)
     except Exception as err:  # safetensors raises its own error types for damaged headers/data
         raise StateError(f"{str(path)!r} is not a readable safetensors file (truncated or corrupt): {err}") from None
-    if meta.get("format") != SPARSE_FORMAT:
+    name = repr(str(path))
+    if meta.get("format") not in (SPARSE_FORMAT, _OLD_FORMAT):
         raise StateError(
-            f"{str(path)!r} is not a pytorch-pruner sparse file (format {meta.get('format')!r}, "
+            f"{name} is not a pytorch-pruner sparse file (format {meta.get('format')!r}, "
             f"expected {SPARSE_FORMAT!r}); write it with save_sparse"
         )
+    if meta["format"] == SPARSE_FORMAT:
+        if _content_sha256(raw, meta) != meta.get("sha256"):
+            raise StateError(
+                f"{name} is corrupt: its content does not match the SHA-256 stored when it was written (the file "
+                "changed on disk or in transfer); save the model again or copy the file again"
+            )
+    else:
+        warnings.warn(f"{name} is a {_OLD_FORMAT} file, written without a checksum: it cannot be checked", stacklevel=2)
     try:
         sparse = json.loads(meta["sparse"])
         aliases = json.loads(meta["aliases"])
         report = SparsityReport.from_dict(json.loads(meta["report"]))
+        config = meta["config"]
+        if not isinstance(sparse, dict) or not isinstance(aliases, dict) or not isinstance(config, str):
+            raise TypeError("the 'sparse' and 'aliases' entries must be JSON objects and 'config' a string")
         state = {key: value for key, value in raw.items() if not key.endswith((_MASK, _VALUES))}
         masks: dict[str, torch.Tensor] = {}
         for key, info in sparse.items():
-            shape = tuple(info["shape"])
+            shape = tuple(int(d) for d in info["shape"])
             mask = unpack_bits(raw[key + _MASK], shape)
             values = raw[key + _VALUES]
+            if values.dim() != 1 or values.numel() != int(mask.sum()):
+                raise ValueError(f"{key}: {values.numel()} kept values for a mask that keeps {int(mask.sum())}")
             dense = torch.zeros(shape, dtype=values.dtype)
             dense[mask] = values
             state[key], masks[key] = dense, mask
         for key, source in aliases.items():
             state[key] = state[source]
-    except (KeyError, ValueError, TypeError, RuntimeError) as err:
-        raise StateError(f"{str(path)!r} is a damaged sparse file: {type(err).__name__}: {err}") from None
-    return state, SparseFile(path, meta["config"], report, masks)
+    except (KeyError, ValueError, TypeError, RuntimeError, AttributeError, IndexError, OverflowError) as err:
+        raise StateError(
+            f"{name} is a damaged sparse file: {type(err).__name__}: {err}; save the model again"
+        ) from None
+    return state, SparseFile(path, config, report, masks)
 
 
 def load_sparse(path: str | os.PathLike[str], model: nn.Module) -> SparseFile:
@@ -307,7 +348,8 @@ def save_pretrained_sparse(model: nn.Module, folder: str | os.PathLike[str], pru
     """Write a transformers model to *folder*: ``config.json`` and a sparse ``model.sparse.safetensors``.
 
     The weights are written first, so a failure leaves no ``config.json`` that would pass the
-    folder off as complete.
+    folder off as complete. Both files are written atomically: a failed save leaves the old ones
+    whole.
 
     Args:
         model: a transformers ``PreTrainedModel`` (anything with ``.config.save_pretrained``),
@@ -332,7 +374,8 @@ def save_pretrained_sparse(model: nn.Module, folder: str | os.PathLike[str], pru
     save_sparse(folder / SPARSE_FILE, plain, pruning)
     config = copy.deepcopy(config)  # never mutate the user's config
     config.architectures = [type(plain).__name__]
-    config.save_pretrained(str(folder))
+    # what config.save_pretrained writes, but atomically: a failed write keeps the old config.json
+    atomic_write_text(folder / "config.json", config.to_json_string(use_diff=True))
     return folder
 
 
@@ -363,13 +406,32 @@ def load_pretrained_sparse(folder: str | os.PathLike[str], model_class: Any = No
     weights, sparsity included, from the sparse file.
 
     Raises:
-        StateError: the folder lacks ``config.json`` or the sparse file, or they do not fit.
+        StateError: the folder lacks ``config.json`` or the sparse file, either is damaged, or they
+            do not fit; the message names the file.
         ImportError: transformers is not installed.
     """
     folder = Path(folder)
     for needed in ("config.json", SPARSE_FILE):
         if not (folder / needed).is_file():
             raise StateError(f"{str(folder)!r} has no {needed}; expected a folder written by save_pretrained_sparse")
-    model = build_transformers_model(folder, model_class)
-    load_sparse(folder / SPARSE_FILE, model)
+    state, _ = read_sparse(folder / SPARSE_FILE)  # checked (and refused) before any model is built
+    config_file = repr(str(folder / "config.json"))
+    try:
+        json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        raise StateError(
+            f"{config_file} is damaged (not readable JSON: {type(err).__name__}: {err}); save the model again"
+        ) from None
+    try:
+        model = build_transformers_model(folder, model_class)
+    except ImportError:
+        raise
+    except Exception as err:  # transformers raises OSError, ValueError, KeyError, TypeError, ... on bad configs
+        raise StateError(
+            f"{config_file} does not describe a model transformers can build ({type(err).__name__}: "
+            f"{str(err).splitlines()[0] if str(err) else ''}); save the model again with save_pretrained_sparse"
+        ) from None
+    plain = unwrap_model(model)
+    check_model_state(plain, state, repr(str(folder / SPARSE_FILE)))
+    plain.load_state_dict(state, strict=True)
     return model

@@ -30,28 +30,17 @@ import torch
 from torch import nn
 
 from .config import PruningConfig, dump_config, load_config, loads_config
+from .criteria import finite_flag
 from .errors import ConfigError, NoMatchingLayersError, PruningError, StateError
 from .export import squash
 from .pruner import Pruner
 from .report import SparsityRatios, SparsityReport, build_report, sparsity_ratios
-from .targets import find_targets, prunable_layers
+from .targets import LAYER_KINDS, WeightChecker, find_targets, prunable_layers
 
 __all__ = ["STATE_FORMAT", "Pruning"]
 
 #: Version of the layout written by :meth:`Pruning.state_dict`.
 STATE_FORMAT = 1
-
-
-def _all_finite(tensors: list[torch.Tensor]) -> bool:
-    """False if any tensor holds inf or NaN (an AMP overflow step).
-
-    A plain sum propagates both (inf - inf is NaN) and is the cheapest full reduction torch has
-    (isfinite().all() and the inf-norm are an order of magnitude slower on CPU); a sum that
-    overflows from finite values would mean gradients near 1e38, a broken step anyway.
-    """
-    if not tensors:
-        return True
-    return bool(torch.isfinite(torch.stack([t.sum() for t in tensors])).all())
 
 
 def _sharded_layers(targets: list[Any]) -> list[str]:
@@ -61,6 +50,47 @@ def _sharded_layers(targets: list[Any]) -> list[str]:
     from torch.distributed.tensor import DTensor  # only where torch.distributed exists
 
     return [t.name for t in targets if isinstance(t.weight, DTensor)]
+
+
+def _refuse_zero3(model: nn.Module) -> None:
+    """DeepSpeed ZeRO stage 3 leaves each rank an empty placeholder per parameter (``ds_id``
+    marks one): there is no weight to score or mask, so refuse before anything is built."""
+    partitioned = [name for name, p in model.named_parameters() if hasattr(p, "ds_id")]
+    if partitioned:
+        shown = ", ".join(partitioned[:5]) + (f" and {len(partitioned) - 5} more" if len(partitioned) > 5 else "")
+        raise PruningError(
+            f"the model's parameters are partitioned by DeepSpeed ZeRO stage 3 ({shown}); pytorch-pruner cannot "
+            "prune them. Use ZeRO stage 1 or 2 or DistributedDataParallel (see docs/distributed.md)"
+        )
+
+
+def _no_match_message(model: nn.Module, settings: list[Any]) -> str:
+    """What each pruner searched, what the model holds, and how to fix the config."""
+    searched = "; ".join(
+        f"{s.path or 'pruner'}: types {list(s.prune_layer_type)}, names {list(s.names) or 'any'}, "
+        f"excluded {list(s.excluded) or 'none'}"
+        for s in settings
+    )
+    supported = [f"{t.name} ({t.kind})" for t in prunable_layers(model)]
+    others = sorted(
+        {
+            type(m).__name__
+            for m in model.modules()
+            if isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.dim() >= 2
+        }
+        - {t.kind for t in prunable_layers(model)}
+    )
+    fix = (
+        f"set prune_layer_type to the kinds it holds ({sorted({t.kind for t in prunable_layers(model)})}) "
+        "and check that names / excluded match those layer names"
+        if supported
+        else f"prunable kinds are {list(LAYER_KINDS)} (and their subclasses); this model has none"
+    )
+    return (
+        f"no layer of the model matches any pruner. Searched: {searched}. Prunable layers of this model: "
+        f"{supported[:20] or 'none'}{' ...' if len(supported) > 20 else ''}; other modules with a 2-D weight, "
+        f"never pruned: {others or 'none'}. Fix: {fix}"
+    )
 
 
 class Pruning:
@@ -132,6 +162,7 @@ class Pruning:
             raise StateError("no model: set `pruning.model = model` or call on_train_begin(model)")
         if self._started:
             return
+        _refuse_zero3(self._model)
         settings = self.config.resolved()
         for s in settings:
             if s.criterion.oneshot_only:
@@ -158,6 +189,7 @@ class Pruning:
                     "update_items_for_all_pruners(start_step=..., end_step=...)) or use 'magnitude'"
                 )
         claimed: set[str] = set()
+        checker = WeightChecker(self._model)
         pruners = []
         for s in settings:
             targets = find_targets(self._model, s.prune_layer_type, s.names, s.excluded)
@@ -185,7 +217,13 @@ class Pruning:
                     "supported yet. Train with DistributedDataParallel (each rank holds the whole weight) "
                     "or on one process"
                 )
-            pruner = Pruner(s, mine)
+            mine, left_dense = checker.split(
+                mine, needs_grad=s.criterion.needs_grad, criterion=s.prune_type, names=s.names
+            )
+            if left_dense:
+                reasons = "\n".join(f"  {name}: {reason}" for name, reason in left_dense)
+                warnings.warn(f"{s.path}: these layers stay dense (see report()):\n{reasons}", stacklevel=2)
+            pruner = Pruner(s, mine, skipped=left_dense)
             coarse = pruner.too_coarse()
             if coarse:
                 units = ", ".join(f"{name} ({n})" for name, n in coarse)
@@ -197,11 +235,7 @@ class Pruning:
                 )
             pruners.append(pruner)
         if not claimed:
-            all_layers = [f"{t.name} ({t.kind})" for t in prunable_layers(self._model)]
-            raise NoMatchingLayersError(
-                "no layer of the model matches any pruner; check prune_layer_type, names and the "
-                f"exclusions. Prunable layers of this model: {all_layers or 'none'}"
-            )
+            raise NoMatchingLayersError(_no_match_message(self._model, settings))
         self.pruners = pruners
         self._started = True
 
@@ -212,6 +246,10 @@ class Pruning:
         return self._model
 
     _require_started = require_started  # the former name
+    def _follow_weights(self) -> None:
+        """Masks and scores follow the weights if the model moved (or was materialized from meta)."""
+        for pruner in self.pruners:
+            pruner.follow_weights_()
 
     # -- hooks -----------------------------------------------------------------------------
     def on_epoch_begin(self, epoch: int | None = None) -> None:
@@ -224,6 +262,7 @@ class Pruning:
         Calling it again within the same optimizer step does nothing.
         """
         self.require_started("on_step_begin")
+        self._follow_weights()
         if self._pruned_at == self.step:
             return
         self._pruned_at = self.step
@@ -232,7 +271,13 @@ class Pruning:
                 pruner.prune(self.step)
 
     def on_before_optimizer_step(self) -> None:
-        """Fold this step's gradients into gradient criteria (skipped if any is inf/NaN)."""
+        """Fold this step's gradients into gradient criteria (skipped if any is inf/NaN).
+
+        Every active criterion stages its step, one flag says whether all of it is finite (on the
+        device: the host never waits), and each criterion keeps its new scores only where the flag
+        is True: on an AMP overflow step the optimizer skips the update and the scores stay
+        exactly as they were.
+        """
         self.require_started("on_before_optimizer_step")
         if self._scored_at == self.step:
             return
@@ -240,10 +285,10 @@ class Pruning:
         active = [p for p in self.pruners if p.wants_scores(self.step)]
         if not active:
             return
-        if not _all_finite([g for p in active for g in p.gradients()]):
-            return  # an AMP overflow step: the optimizer skips it, the scores do too
+        staged = [t for p in active for t in p.criterion.stage_()]
+        finite = finite_flag(staged)
         for pruner in active:
-            pruner.accumulate_scores()
+            pruner.criterion.commit_(finite)
 
     def on_after_optimizer_step(self) -> None:
         """Re-zero pruned weights (the optimizer may have moved them) and count the step."""
@@ -267,6 +312,7 @@ class Pruning:
     def on_train_end(self) -> None:
         """Apply the masks once more, so the model leaves training exactly sparse."""
         if self._started:
+            self._follow_weights()
             for pruner in self.pruners:
                 pruner.apply_masks()
                 pruner.criterion.remove_hooks()
@@ -274,15 +320,20 @@ class Pruning:
     # -- results ---------------------------------------------------------------------------
     def get_sparsity_ratio(self) -> SparsityRatios:
         """The seed's three ratios: see :class:`SparsityRatios`."""
-        return sparsity_ratios(self.require_started("get_sparsity_ratio"), self.pruners)
+        model = self.require_started("get_sparsity_ratio")
+        self._follow_weights()
+        return sparsity_ratios(model, self.pruners)
 
     def report(self) -> SparsityReport:
         """Per-layer sparsity, skipped layers with the reason, and the three ratios."""
-        return build_report(self.require_started("report"), self.pruners, self.step)
+        model = self.require_started("report")
+        self._follow_weights()
+        return build_report(model, self.pruners, self.step)
 
     def masks(self) -> dict[str, torch.Tensor]:
         """Keep-masks (bool, True = keep) of every pruned layer, in each weight's shape."""
         self.require_started("masks")
+        self._follow_weights()
         return {layer.name: p.full_mask(layer) for p in self.pruners for layer in p.layers}
 
     def squash(self) -> nn.Module:
@@ -307,12 +358,29 @@ class Pruning:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore a :meth:`state_dict`; call after :meth:`on_train_begin`.
 
-        Everything is checked before anything changes, so a bad state leaves this object as it was.
+        Everything is checked first (:meth:`check_state_dict`), so a bad state leaves this object
+        as it was.
 
         Raises:
             StateError: the state is of another format, config or model, or is damaged.
         """
         self.require_started("load_state_dict")
+        self.check_state_dict(state)
+        pruner_states = state["pruners"]
+        for pruner, ps in zip(self.pruners, pruner_states, strict=True):
+            pruner.load_state_dict(ps)
+        self.step = int(state["step"])
+        self._pruned_at = int(state["pruned_at"])
+        self._scored_at = int(state["scored_at"])
+
+    def check_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Raise :class:`StateError` unless :meth:`load_state_dict` would accept *state*; changes nothing.
+
+        Raises:
+            StateError: the state is of another format, config or model, or is damaged (the
+                message says which part).
+        """
+        self.require_started("check_state_dict")
         if not isinstance(state, Mapping) or state.get("format") != STATE_FORMAT:
             found = state.get("format") if isinstance(state, Mapping) else type(state).__name__
             raise StateError(f"not a pytorch-pruner state of format {STATE_FORMAT} (found {found!r})")
@@ -333,8 +401,11 @@ class Pruning:
                 pruner.check_state(ps, f"pruners[{i}]")
             except (ValueError, KeyError, TypeError, AttributeError) as err:
                 raise StateError(f"the state does not fit this model: {err}") from None
-        for pruner, ps in zip(self.pruners, pruner_states, strict=True):
-            pruner.load_state_dict(ps)
-        self.step = int(state["step"])
-        self._pruned_at = int(state["pruned_at"])
-        self._scored_at = int(state["scored_at"])
+        for key, lowest in (("step", 0), ("pruned_at", -1), ("scored_at", -1)):
+            value = state.get(key)
+            if type(value) is not int or value < lowest:  # bool and float are not step counts
+                raise StateError(
+                    f"the state is damaged: {key!r} is {value!r} ({type(value).__name__}), expected an int >= "
+                    f"{lowest}; "
+                    "use a state written by Pruning.state_dict"
+                )

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from .targets import prunable_layers
+from .targets import prunable_layers, weight_key
 
 __all__ = ["LayerReport", "SparsityRatios", "SparsityReport", "build_report", "sparsity_ratios"]
 
@@ -139,7 +139,8 @@ def sparsity_ratios(model: nn.Module, pruners: list[Any]) -> SparsityRatios:
     weights of its layers, and the sum is divided by the weights of every Linear and conv layer.
     """
     pruned = sum(layer.pruned_elements for p in pruners for layer in p.layers)
-    matmul = sum(t.weight.numel() for t in prunable_layers(model))
+    # each tensor once: layers sharing a weight (tied) hold it once
+    matmul = sum(numel for numel in {weight_key(t): t.weight.numel() for t in prunable_layers(model)}.values())
     blockwise = sum(int(weights * done / units) for done, units, weights in block_counts(pruners) if units)
     return SparsityRatios(
         pruned / matmul if matmul else 0.0,
@@ -163,7 +164,8 @@ def build_report(model: nn.Module, pruners: list[Any], step: int) -> SparsityRep
         s = p.settings
         for layer in p.layers:
             w = layer.target.weight
-            zero_where_pruned = bool((w.detach()[~p.full_mask(layer)] == 0).all())
+            # a weight still on meta (not materialized) has nothing pruned yet
+            zero_where_pruned = w.is_meta or bool((w.detach()[~p.full_mask(layer)] == 0).all())
             rows.append(
                 LayerReport(
                     layer.name,

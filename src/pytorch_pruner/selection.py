@@ -123,7 +123,10 @@ def _clean(scores: torch.Tensor) -> torch.Tensor:
     scores = scores.detach().reshape(-1)
     if scores.dtype != torch.float32:
         scores = scores.float()
-    return torch.nan_to_num(scores, nan=-1.0) if scores.isnan().any() else scores
+    # a sum is one fast pass and is NaN whenever a score is (or +inf meets -inf: then look closer)
+    if not scores.numel() or not torch.isnan(scores.sum()) or not scores.isnan().any():
+        return scores
+    return torch.nan_to_num(scores, nan=-1.0)
 
 
 @dataclass
@@ -286,7 +289,7 @@ def _scan(parts: Sequence[torch.Tensor], klo: int, khi: int, limit: int) -> tupl
             torch.lt(chunk, vlo, out=lt)
             n_below += int(torch.count_nonzero(lt))
             torch.le(chunk, vhi, out=le)
-            inside.append(chunk[le.logical_and_(lt.logical_not_())])
+            inside.append(chunk[le.logical_xor_(lt)])  # below vlo implies at most vhi: xor = inside
             n_inside += inside[-1].numel()
         counts[0, i], counts[1, i] = n_below, n_inside
         kept += n_inside
@@ -313,11 +316,14 @@ def _narrow(kept: _Kept, klo: int, khi: int) -> _Kept:
 
 
 # -- masks from a cut --------------------------------------------------------------------------
-def _mask_below(part: torch.Tensor, value: float, ties: int) -> torch.Tensor:
-    """Units below *value*, and the first *ties* of those equal to it."""
+def _mask_below(part: torch.Tensor, value: float, ties: int, all_ties: bool) -> torch.Tensor:
+    """Units below *value*, and the first *ties* of those equal to it (*all_ties*: every one)."""
     mask = torch.empty(part.numel(), dtype=torch.bool, device=part.device)
+    compare = torch.le if all_ties else torch.lt
     for start in range(0, part.numel(), _CHUNK):
-        torch.lt(part[start : start + _CHUNK], value, out=mask[start : start + _CHUNK])
+        compare(part[start : start + _CHUNK], value, out=mask[start : start + _CHUNK])
+    if all_ties:
+        return mask
     for start in range(0, part.numel(), _CHUNK):
         if ties <= 0:
             break
@@ -351,7 +357,7 @@ def _masks(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[torch.T
     masks = []
     for i, part in enumerate(parts):
         if cut.below[i] <= cut.counts[i] <= cut.below[i] + cut.equal[i]:
-            masks.append(_mask_below(part, cut.value, ties[i]))
+            masks.append(_mask_below(part, cut.value, ties[i], all_ties=cut.take[i] == cut.equal[i]))
         else:
             masks.append(_lowest_one(part, cut.counts[i], cut.units[i], comm))
     return masks

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-__all__ = ["LAYER_KINDS", "Target", "find_targets", "layer_kind", "prunable_layers", "unwrap_model"]
+__all__ = [
+    "LAYER_KINDS",
+    "Target",
+    "WeightChecker",
+    "find_targets",
+    "layer_kind",
+    "prunable_layers",
+    "unwrap_model",
+    "weight_key",
+]
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
@@ -161,3 +170,108 @@ def find_targets(
         for t in prunable_layers(model, types)
         if (not include or any(p.search(t.name) for p in include)) and not any(p.search(t.name) for p in drop)
     ]
+
+
+# -- checks of each selected weight (SPEC §10) -------------------------------------------------
+def _tied_weights(model: nn.Module) -> dict[int, str]:
+    """``id(weight)`` → why it must stay dense unless named explicitly: weights of an
+    ``nn.Embedding`` (a layer sharing one is a tied LM head) and the output embeddings."""
+    tied: dict[int, str] = {}
+    inner = unwrap_model(model)
+    for name, module in inner.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(module, nn.Embedding) and isinstance(weight, torch.Tensor):
+            tied[id(weight)] = f"shares its weight with the embedding {_clean_name(name) or type(module).__name__}"
+    get_output = getattr(inner, "get_output_embeddings", None)
+    if callable(get_output):
+        try:
+            output = get_output()
+        except (NotImplementedError, AttributeError):  # transformers' base raises for models without one
+            output = None
+        weight = getattr(output, "weight", None) if isinstance(output, nn.Module) else None
+        if isinstance(weight, torch.Tensor):
+            tied.setdefault(id(weight), "is the model's output embeddings (get_output_embeddings(), the LM head)")
+    return tied
+
+
+def _is_parametrized(module: nn.Module) -> bool:
+    return torch.nn.utils.parametrize.is_parametrized(module, "weight")
+
+
+def weight_key(target: Target) -> int:
+    """An identity for the tensor behind *target*'s weight, the same under every name sharing it."""
+    if _is_parametrized(target.module):
+        return id(target.module.parametrizations["weight"].original)  # type: ignore[union-attr, index]
+    return id(target.module.weight)
+
+
+class WeightChecker:
+    """Checks every selected weight in ``on_train_begin`` (SPEC §10); one per model.
+
+    Each target either passes or is returned with the reason it is left dense. Weights seen by an
+    earlier call (an earlier pruner) are remembered, so a shared weight is pruned once.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self._tied = _tied_weights(model)
+        self._seen: dict[int, str] = {}
+
+    def split(
+        self, targets: Sequence[Target], *, needs_grad: bool, criterion: str, names: Sequence[str] = ()
+    ) -> tuple[list[Target], list[tuple[str, str]]]:
+        """``(targets to prune, [(name, reason left dense)])``.
+
+        Args:
+            targets: the layers a pruner selected.
+            needs_grad: whether the pruner's criterion scores from gradients.
+            criterion: its name, for the reasons.
+            names: the pruner's ``names`` regexes: a tied or output-embedding layer they match is
+                pruned (it was asked for explicitly).
+        """
+        include = [re.compile(p) for p in names]
+        keep: list[Target] = []
+        skipped: list[tuple[str, str]] = []
+        for target in targets:
+            reason = self._reason(target, needs_grad, criterion, include)
+            if reason:
+                skipped.append((target.name, reason))
+            else:
+                self._seen[weight_key(target)] = target.name
+                keep.append(target)
+        return keep, skipped
+
+    def _reason(self, target: Target, needs_grad: bool, criterion: str, include: list[re.Pattern[str]]) -> str | None:
+        module = target.module
+        if _is_parametrized(module):
+            kinds = [type(p).__name__ for p in module.parametrizations["weight"]]  # type: ignore[union-attr, index]
+            return (
+                f"parametrized weight ({', '.join(kinds)}): forward computes it from the stored tensor, so a "
+                "mask on that tensor would not zero what forward uses; remove the parametrization "
+                "(torch.nn.utils.parametrize.remove_parametrizations) to prune it"
+            )
+        weight = target.weight
+        reason = _tensor_reason(weight) or self._sharing_reason(target, include)
+        if reason:
+            return reason
+        if needs_grad and not weight.requires_grad:
+            return (
+                f"frozen (requires_grad=False): {criterion} scores from gradients, which a frozen weight does "
+                "not get; use prune_type 'magnitude' for it, or unfreeze it"
+            )
+        return None
+
+    def _sharing_reason(self, target: Target, include: list[re.Pattern[str]]) -> str | None:
+        key = id(target.weight)
+        if key in self._seen:
+            return f"shares its weight with {self._seen[key]}, pruned there"
+        if key in self._tied and not any(p.search(target.name) for p in include):
+            return f"{self._tied[key]}; left dense: name it in a pruner's `names` to prune it"
+        return None
+
+
+def _tensor_reason(weight: torch.Tensor) -> str | None:
+    if weight.numel() == 0:
+        return f"empty weight (shape {tuple(weight.shape)}): nothing to prune"
+    if weight.is_quantized or not weight.is_floating_point():
+        return f"weight dtype {weight.dtype} is not floating point: integer and quantized weights are not pruned"
+    return None

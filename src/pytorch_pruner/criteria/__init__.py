@@ -1,7 +1,7 @@
 """Pruning criteria: how important each weight block is (higher score = kept)."""
 
 from .activation import ActivationStats, HessianStats, SparseGPT, Wanda
-from .base import CRITERIA, Criterion, ScoreSlot
+from .base import CRITERIA, Criterion, ScoreSlot, finite_flag
 from .magnitude import Magnitude
 from .pattern_lock import PatternLock
 from .snip import Snip, SnipMomentum
@@ -18,4 +18,5 @@ __all__ = [
     "SnipMomentum",
     "SparseGPT",
     "Wanda",
+    "finite_flag",
 ]

@@ -7,8 +7,17 @@
   sensitivity averaged over many batches, far less noisy than one step.
 
 Scores are kept in float32 at the pruner's resolution (one per NxM block), so a 4x1 pruner keeps
-one float per four weights. The per-step work is three elementwise passes into scratch memory
-allocated once; nothing is ranked or sorted here.
+one float per four weights, and computed in float32 whatever the weight dtype (``|W*G|`` of two
+fp16 numbers is exact in float32 and often 0 in fp16).
+
+The per-step work, per layer while its data is in cache: ``|W*G|`` into one float32 scratch
+(two elementwise passes), its block means (read in the weight's own layout: no permute copy for
+conv layers), then ``S <- step + decay * S`` fused in one add and kept only if the step's flag is
+True (one select), so no host sync. Where blocks hold several weights the block means of all
+layers are staged first and the finiteness flag is taken from them (a quarter of a gradient's
+size for 4x1, already in cache); where scores are per element (1x1, N:M) staging them all would
+double the memory, so the flag is taken from the gradients instead and each layer is scored at
+commit. Nothing is ranked or sorted here.
 """
 
 from __future__ import annotations
@@ -29,38 +38,88 @@ class _GradientCriterion(Criterion):
     def __init__(self, slots: list[ScoreSlot]) -> None:
         super().__init__(slots)
         self._scores = [torch.zeros(s.score_shape, dtype=torch.float32, device=s.weight.device) for s in slots]
-        self._scratch: torch.Tensor | None = None  # |W ⊙ G|, element level, reused by all slots
-        self._reduced: torch.Tensor | None = None  # its block means, reused by all slots
+        #: stage the block scores of every layer (and take the flag from them) when all are reduced
+        self._stage_steps = bool(slots) and all(s.reduced for s in slots)
+        self._elem: dict[torch.device, torch.Tensor] = {}  # float32 |W*G|, one layer at a time
+        self._buffers: list[torch.Tensor] | None = None  # float32 block-score scratch, one per slot
+        self._steps: list[torch.Tensor] = []  # this step's staged block scores, one per slot
+        self._staged: list[bool] = [False] * len(slots)  # which slots had a gradient this step
 
-    def _buffers(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self._scratch is None or self._reduced is None:
-            w = self.slots[0].weight
-            self._scratch = torch.empty(max(s.weight.numel() for s in self.slots), dtype=w.dtype, device=w.device)
-            self._reduced = torch.empty(max(t.numel() for t in self._scores), device=w.device)
-        return self._scratch, self._reduced
+    # -- scratch ---------------------------------------------------------------------------
+    def _elem_buffer(self, device: torch.device) -> torch.Tensor:
+        buf = self._elem.get(device)
+        if buf is None:
+            size = max(s.weight.numel() for s in self.slots if s.weight.device == device)
+            buf = self._elem[device] = torch.empty(size, dtype=torch.float32, device=device)
+        return buf
+
+    def _step_buffers(self) -> list[torch.Tensor]:
+        if self._buffers is None:
+            if self._stage_steps:
+                self._buffers = [torch.empty(t.numel(), dtype=torch.float32, device=t.device) for t in self._scores]
+            else:  # one shared buffer per device, for the layer being committed
+                shared: dict[torch.device, torch.Tensor] = {}
+                for t in self._scores:
+                    if t.device not in shared or shared[t.device].numel() < t.numel():
+                        shared[t.device] = torch.empty(t.numel(), dtype=torch.float32, device=t.device)
+                self._buffers = [shared[t.device][: t.numel()] for t in self._scores]
+        return self._buffers
+
+    def scratch_bytes(self) -> int:
+        devices = {s.weight.device for s in self.slots}
+        elem = sum(max(s.weight.numel() for s in self.slots if s.weight.device == d) for d in devices)
+        if self._stage_steps:
+            steps = sum(t.numel() for t in self._scores)
+        else:
+            steps = max((t.numel() for t in self._scores), default=0)
+        return 4 * (elem + steps)
+
+    # -- per step --------------------------------------------------------------------------
+    def _step(self, i: int, grad: torch.Tensor) -> torch.Tensor:
+        """Block scores of ``|W*G|`` of slot *i*, aligned with ``slot.aligned(score)``."""
+        slot = self.slots[i]
+        weight = slot.weight.detach()
+        elem = self._elem_buffer(weight.device)[: weight.numel()].view(weight.shape)
+        if weight.dtype == torch.float32:
+            torch.mul(weight, grad, out=elem)
+        else:  # both factors in float32: the product of two fp16/bf16 numbers is exact there
+            elem.copy_(weight)
+            elem.mul_(grad)
+        elem.abs_()
+        return slot.block_scores(elem, self._step_buffers()[i])
 
     @torch.no_grad()
-    def accumulate_(self) -> None:
-        scratch, reduced = self._buffers()
-        for slot, score in zip(self.slots, self._scores, strict=True):
-            grad = slot.weight.grad
-            if grad is None:  # frozen or unused this step: no new evidence, old scores decay
+    def stage_(self) -> list[torch.Tensor]:
+        grads = [s.weight.grad for s in self.slots]
+        self._staged = [g is not None for g in grads]
+        if not self._stage_steps:
+            return [g for g in grads if g is not None]
+        self._steps = [self._step(i, g) if g is not None else g for i, g in enumerate(grads)]  # type: ignore[misc]
+        return [t for t in self._steps if t is not None]
+
+    @torch.no_grad()
+    def commit_(self, finite: torch.Tensor) -> None:
+        flags: dict[torch.device, torch.Tensor] = {}
+        for i, (slot, score) in enumerate(zip(self.slots, self._scores, strict=True)):
+            device = score.device
+            if device not in flags:
+                flags[device] = finite.to(device, non_blocking=True)
+            ok = flags[device]
+            if not self._staged[i]:  # frozen or unused this step: no new evidence, old scores decay
                 if self.decay != 1.0:
-                    score.mul_(self.decay)
+                    torch.where(ok, score * self.decay, score, out=score)
                 continue
-            weight = slot.weight.detach()
-            if scratch.dtype != weight.dtype:
-                scratch = scratch.to(weight.dtype)
-                self._scratch = scratch
-            elem = scratch[: weight.numel()].view(weight.shape)
-            torch.mul(weight, grad, out=elem)
-            elem.abs_()
-            if slot.elementwise:
-                step = elem
+            if self._stage_steps:
+                step = self._steps[i]
             else:
-                step = slot.reduce(slot.to_2d(elem), out=reduced[: score.numel()].view(score.shape))
-            # score = step + decay * score, one fused pass
-            torch.add(step, score, alpha=self.decay, out=score)
+                grad = slot.weight.grad
+                if grad is None:  # removed between the phases: nothing to add
+                    continue
+                step = self._step(i, grad)
+            target = slot.aligned(score)
+            # step + decay * score, one fused pass (into the step's scratch), kept where finite
+            torch.add(step, target, alpha=self.decay, out=step)
+            torch.where(ok, step, target, out=target)
 
     def scores(self) -> list[torch.Tensor]:
         return list(self._scores)

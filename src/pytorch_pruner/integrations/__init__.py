@@ -3,7 +3,9 @@
 * :mod:`pytorch_pruner.integrations.transformers` — ``PruningCallback`` for 🤗 ``Trainer``
   (extra ``pytorch-pruner[transformers]``);
 * :mod:`pytorch_pruner.integrations.lightning` — ``PruningCallback`` for Lightning's ``Trainer``
-  (extra ``pytorch-pruner[lightning]``).
+  (extra ``pytorch-pruner[lightning]``);
+* :mod:`pytorch_pruner.integrations.peft` — LoRA adapters on a pruned model, merged without
+  losing its zeros (extra ``pytorch-pruner[peft]``).
 
 Importing this package imports neither framework; each submodule imports its own and, when it
 is missing, raises an ``ImportError`` that names the extra to install.

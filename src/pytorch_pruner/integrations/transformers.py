@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from ..errors import StateError
+from ..fileio import atomic_write
 from . import ConfigOrPruning, as_pruning, missing_extra, reused_error
 
 try:
@@ -166,7 +167,8 @@ class PruningCallback(TrainerCallback):
                 stacklevel=2,
             )
             return
-        torch.save(self.pruning.state_dict(), folder / STATE_FILE)
+        state = self.pruning.state_dict()
+        atomic_write(folder / STATE_FILE, lambda tmp: torch.save(state, tmp))
 
     def _state_file_candidates(self, args: TrainingArguments, state: TrainerState) -> list[Path]:
         places: list[str | os.PathLike[str]] = []

@@ -233,7 +233,7 @@ def _sparsegpt_prune(pruner: Pruner) -> None:
         weight.copy_(target.from_2d(new.to(weight.dtype)))
         layer.keep.copy_(pattern.reduce(keep.float()) > 0)
     pruner.current_sparsity = sparsity
-    pruner._set_masks()
+    pruner.refresh_masks()
     pruner.apply_masks()
 
 

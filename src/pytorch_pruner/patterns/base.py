@@ -95,6 +95,15 @@ class Pattern(ABC):
         """1-D bool of pruned units (+ the scores) → keep-mask in ``score_shape``."""
         return (~pruned_units).reshape(scores.shape)
 
+    def rank_units(self, scores: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """:meth:`unit_scores`, plus what :meth:`keep_mask_from` can reuse on the same pruning step
+        (so work shared by both, like N:M's candidates, is done once)."""
+        return self.unit_scores(scores), None
+
+    def keep_mask_from(self, pruned_units: torch.Tensor, scores: torch.Tensor, memo: object) -> torch.Tensor:
+        """:meth:`keep_mask`, given the *memo* :meth:`rank_units` returned for these scores."""
+        return self.keep_mask(pruned_units, scores)
+
     def max_sparsity(self) -> float:
         """The highest sparsity this pattern can reach (N/M for N:M, else 1)."""
         return 1.0

@@ -74,8 +74,11 @@ class NInM(Pattern):
 
     # -- ranking units: an N:M group of M weights, of which a pruned one zeroes its N weakest --
     def unit_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        return self.rank_units(scores)[0]
+
+    def rank_units(self, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         columns, candidates = self._candidates(scores)
-        return (columns * candidates).sum(dim=0) / self.m
+        return (columns * candidates).sum(dim=0) / self.m, candidates
 
     def unit_elements(self, rows: int, cols: int) -> int:
         return self.n
@@ -84,8 +87,12 @@ class NInM(Pattern):
         return rows * cols // self.m
 
     def keep_mask(self, pruned_units: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        _, candidates = self._candidates(scores)
-        drop = candidates & pruned_units.reshape(1, -1)
+        return self.keep_mask_from(pruned_units, scores, self._candidates(scores)[1])
+
+    def keep_mask_from(self, pruned_units: torch.Tensor, scores: torch.Tensor, memo: object) -> torch.Tensor:
+        if not isinstance(memo, torch.Tensor):
+            raise TypeError("keep_mask_from needs the candidates rank_units returned")
+        drop = memo & pruned_units.reshape(1, -1)
         return ~drop.t().reshape(scores.shape)
 
     def max_sparsity(self) -> float:
