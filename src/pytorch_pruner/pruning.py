@@ -246,6 +246,7 @@ class Pruning:
         return self._model
 
     _require_started = require_started  # the former name
+
     def _follow_weights(self) -> None:
         """Masks and scores follow the weights if the model moved (or was materialized from meta)."""
         for pruner in self.pruners:
