@@ -395,7 +395,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--patterns", default="unstructured,2:4", help="unstructured and/or N:M")
     parser.add_argument("--sparsity", type=float, default=0.5, help="target of the unstructured runs")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads of every one-shot process")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads of training and of every one-shot process (1: on a shared machine, more threads than "
+        "free cores make every step several times slower)",
+    )
     parser.add_argument("--llmcompressor_python", default=str(ROOT / ".venv-llmc" / "bin" / "python"))
     # model and training
     parser.add_argument("--vocab_size", type=int, default=1024)
@@ -405,8 +411,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--num_heads", type=int, default=4)
     parser.add_argument("--num_kv_heads", type=int, default=2)
     parser.add_argument("--block_size", type=int, default=64)
-    parser.add_argument("--train_steps", type=int, default=300)
-    parser.add_argument("--train_batch_size", type=int, default=8)
+    parser.add_argument("--train_steps", type=int, default=1200)
+    parser.add_argument("--train_batch_size", type=int, default=16)
     parser.add_argument("--train_lr", type=float, default=3e-3)
     # one-shot, evaluation, fine-tuning
     parser.add_argument("--calibration_samples", type=int, default=128)

@@ -166,10 +166,68 @@ def test_sparsegpt_refuses_patterns_that_do_not_fit_its_column_blocks_at_load() 
 
 def test_layers_outside_the_blocks_stay_dense_with_a_warning() -> None:
     model = tiny_llama()
+    config = {**cfg("wanda"), "not_to_prune_names": [], "names": [r"layers\.", r"lm_head"]}  # named: passes the checks
     with pytest.warns(UserWarning, match=r"outside the transformer blocks stay dense.*lm_head"):
-        report = prune_oneshot_(model, {**cfg("wanda"), "not_to_prune_names": []}, calibration(), progress=False)
+        report = prune_oneshot_(model, config, calibration(), progress=False)
     assert model.lm_head.weight.ne(0).all()
-    assert [r.name for r in report.layers if r.skipped] == ["lm_head"]
+    assert [(r.name, r.skipped[:30]) for r in report.layers if r.skipped] == [
+        ("lm_head", "outside the transformer blocks")
+    ]
+
+
+# -- the weight checks of training (SPEC §10) ---------------------------------------------------
+def test_tied_lm_head_is_left_dense_with_the_reason() -> None:
+    config = transformers.LlamaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        tie_word_embeddings=True,
+    )
+    model = transformers.LlamaForCausalLM(config).eval()
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    before = model.lm_head.weight.detach().clone()
+    with pytest.warns(UserWarning, match=r"(?s)stay dense.*lm_head: shares its weight with the embedding model\.embed"):
+        report = prune_oneshot_(model, {**cfg("wanda"), "not_to_prune_names": []}, calibration(), progress=False)
+    assert torch.equal(model.lm_head.weight, before)
+    skipped = {r.name: r.skipped for r in report.layers if r.skipped}
+    assert list(skipped) == ["lm_head"]
+    assert "shares its weight with the embedding model.embed_tokens" in skipped["lm_head"]
+    assert report.sparsity == pytest.approx(0.5, abs=0.01)  # the blocks' layers are pruned
+
+
+class _Scale(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return 2.0 * w
+
+
+@pytest.mark.parametrize("prune_type", ["wanda", "sparsegpt"])
+def test_parametrized_weight_is_left_dense_with_the_reason(prune_type: str) -> None:
+    model = tiny_llama()
+    down = model.model.layers[0].mlp.down_proj
+    torch.nn.utils.parametrize.register_parametrization(down, "weight", _Scale())
+    before = down.parametrizations.weight.original.detach().clone()
+    with pytest.warns(UserWarning, match=r"mlp\.down_proj: parametrized weight \(_Scale\)"):
+        report = prune_oneshot_(model, cfg(prune_type), calibration(), progress=False)
+    assert torch.equal(down.parametrizations.weight.original, before)
+    rows = [r for r in report.layers if r.name == "model.layers.0.mlp.down_proj"]
+    assert len(rows) == 1 and rows[0].block == 0 and rows[0].skipped.startswith("parametrized weight")
+    assert model.model.layers[1].mlp.down_proj.weight.eq(0).any()  # the same layer of the next block is pruned
+    assert report.sparsity == pytest.approx(0.5, abs=0.01)
+
+
+def test_frozen_weights_are_pruned_one_shot() -> None:
+    model = tiny_llama()
+    frozen = copy.deepcopy(model).requires_grad_(False)
+    data = calibration()
+    prune_oneshot_(model, cfg("wanda"), data, progress=False)
+    report = prune_oneshot_(frozen, cfg("wanda"), data, progress=False)
+    assert not any(r.skipped for r in report.layers)
+    assert report.sparsity == pytest.approx(0.5, abs=0.01)
+    for (name, p), q in zip(model.named_parameters(), frozen.parameters(), strict=True):
+        assert torch.equal(p, q), name  # pruned exactly as the trainable model
 
 
 # -- OWL ---------------------------------------------------------------------------------------

@@ -19,7 +19,7 @@ from ..criteria import Wanda
 from ..criteria.activation import HessianStats
 from ..errors import ConfigError, NoMatchingLayersError, PruningError
 from ..pruner import Pruner
-from ..targets import Target, find_targets, prunable_layers, unwrap_model
+from ..targets import Target, WeightChecker, find_targets, prunable_layers, unwrap_model
 from .blocks import BlockInputs, Blocks, block_output, capture_inputs, check_batch, find_blocks, with_hidden
 from .owl import outlier_ratio, owl_sparsities
 from .report import OneShotBlock, OneShotLayer, OneShotReport
@@ -43,12 +43,27 @@ def _settings(config: PruningConfig) -> list[PrunerSettings]:
     return settings
 
 
-def _targets(model: nn.Module, settings: list[PrunerSettings]) -> list[list[Target]]:
+def _targets(
+    model: nn.Module, settings: list[PrunerSettings]
+) -> tuple[list[list[Target]], list[tuple[int, Target, str]]]:
+    """Per pruner its layers to prune, and ``(pruner, layer, reason)`` for those the weight checks keep dense.
+
+    The checks are training's (:class:`~pytorch_pruner.targets.WeightChecker`, SPEC §10): weights
+    shared with the embeddings or the output embeddings (unless named in ``names``), parametrized,
+    integer/quantized or empty weights, weights shared with a layer pruned already. Frozen weights
+    are pruned: no one-shot criterion needs gradients.
+    """
     claimed: set[str] = set()
+    checker = WeightChecker(model)
     out = []
-    for s in settings:
+    left_dense: list[tuple[int, Target, str]] = []
+    for i, s in enumerate(settings):
         mine = [t for t in find_targets(model, s.prune_layer_type, s.names, s.excluded) if t.name not in claimed]
         claimed.update(t.name for t in mine)
+        kept, dense = checker.split(mine, needs_grad=s.criterion.needs_grad, criterion=s.prune_type, names=s.names)
+        reasons = dict(dense)
+        left_dense.extend((i, t, reasons[t.name]) for t in mine if t.name in reasons)
+        mine = kept
         if s.criterion.oneshot_only:
             bad = [t.name for t in mine if t.kind not in ("Linear", "Conv1D")]
             if bad:
@@ -63,7 +78,7 @@ def _targets(model: nn.Module, settings: list[PrunerSettings]) -> list[list[Targ
             "no layer of the model matches any pruner; check prune_layer_type, names and the exclusions. "
             f"Prunable layers of this model: {layers or 'none'}"
         )
-    return out
+    return out, left_dense
 
 
 def _block_of(name: str, blocks: Blocks) -> int | None:
@@ -325,7 +340,10 @@ def prune_oneshot_(
         model: any ``nn.Module``; transformers decoders (Llama-style ``model.layers``, GPT-2's
             ``transformer.h``, BERT's ``encoder.layer``) are split into blocks; a model with no
             layer list is one block (with a warning). Layers outside the blocks (e.g. ``lm_head``)
-            stay dense and are listed as skipped.
+            stay dense and are listed as skipped. The weight checks of training (SPEC §10) apply:
+            a weight tied to the embeddings or the output embeddings (unless named in ``names``),
+            parametrized, integer or empty stays dense, with the reason in the report and a
+            warning; frozen weights are pruned (one-shot criteria need no gradients).
         config: anything :class:`~pytorch_pruner.Pruning` takes, with ``prune_type`` ``wanda``,
             ``sparsegpt`` or ``magnitude``; ``start_step``/``end_step`` are ignored. ``prune_domain``:
             ``global`` ranks over the layers of one block, ``local`` per layer, ``row`` per output row
@@ -360,7 +378,10 @@ def prune_oneshot_(
     """
     started = time.perf_counter()
     settings = _settings(load_config(config))
-    targets = _targets(model, settings)
+    targets, checked_out = _targets(model, settings)
+    if checked_out:
+        reasons = "\n".join(f"  {t.name}: {reason}" for _, t, reason in checked_out)
+        warnings.warn(f"prune_oneshot_: these layers stay dense (see the report):\n{reasons}", stacklevel=2)
     blocks = find_blocks(model)
     n = len(blocks.modules)
     in_block: list[list[list[Target]]] = [[[] for _ in range(n)] for _ in settings]
@@ -417,6 +438,21 @@ def prune_oneshot_(
             raise
         finally:
             bar.close()
+    for i, t, reason in checked_out:
+        b = _block_of(t.name, blocks)
+        report.layers.append(
+            OneShotLayer(
+                -1 if b is None else b,
+                t.name,
+                tuple(t.weight.shape),
+                settings[i].prune_type,
+                settings[i].pattern.name,
+                0.0,
+                float((t.weight == 0).float().mean()),
+                t.weight.numel(),
+                skipped=reason,
+            )
+        )
     for i, t in outside:
         report.layers.append(
             OneShotLayer(
