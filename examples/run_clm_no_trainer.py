@@ -22,7 +22,14 @@ The steps:
    ``prune_type: pattern_lock`` (``llama_pattern_lock.yaml``): the zeros stay exactly zero and the
    kept weights train. Fine-tuning a one-shot pruned model without it would refill the zeros, so
    that is refused; ``--max_train_steps 0`` prunes and evaluates without training.
-3. ``--distill_loss_weight w > 0``: the loss is ``CE + w · T² · KL(teacher ‖ student)`` on the
+3. ``--slim`` (after fine-tuning): remove the pruned MLP channels and query heads with
+   :func:`pytorch_pruner.speed.slim_` (a smaller dense model computing the pruned model's outputs;
+   perplexity is evaluated again), saved for ``pytorch_pruner.speed.load_slimmed``. It needs a
+   channel or head pattern in one of the configs (e.g. ``channelx1`` on ``mlp.down_proj``,
+   ``gqa_head:<head_dim>:<group>`` on ``self_attn.o_proj``, one-shot with ``magnitude`` or ``wanda``,
+   then ``pattern_lock`` keeps those zeros); with only unstructured or N:M patterns it says so and
+   saves the model unslimmed.
+4. ``--distill_loss_weight w > 0``: the loss is ``CE + w · T² · KL(teacher ‖ student)`` on the
    next-token logits (T = ``--distill_temperature``); the teacher is the model as loaded (dense,
    before the one-shot prune) or ``--teacher_model_name_or_path``.
 
@@ -148,13 +155,17 @@ def check_clm_args(args: argparse.Namespace) -> None:
     Raises:
         ValueError: a flag is out of range or the combination would silently undo the pruning.
     """
-    if args.slim:
-        raise ValueError("--slim is for encoder FFN neurons and heads; it is not supported by this causal-LM example")
-    train_steps = args.max_train_steps
+    if args.slim and not (args.oneshot_config or args.pruning_config):
+        raise ValueError(
+            "--slim removes the MLP channels and attention heads pruning zeroed: it needs --oneshot_config and/or "
+            "--pruning_config with channelx1 on mlp.down_proj and/or gqa_head:<head_dim>:<group> on self_attn.o_proj"
+        )
+    train_steps, slim = args.max_train_steps, args.slim
     if train_steps == 0:
         args.max_train_steps = None  # the shared checks want >= 1; 0 means "no training" here
+    args.slim = False  # checked above: here a one-shot config alone may make the structure to slim
     check_common_args(args)
-    args.max_train_steps = train_steps
+    args.max_train_steps, args.slim = train_steps, slim
     if args.train_file is None or args.validation_file is None:
         raise ValueError(
             "pass --train_file and --validation_file (local .txt, or .csv/.json/.jsonl with a text column); "
@@ -172,6 +183,20 @@ def check_clm_args(args: argparse.Namespace) -> None:
         )
 
 
+def structured_patterns(*configs: str | None) -> list[str]:
+    """The channel and head patterns (those :func:`pytorch_pruner.speed.slim_` can remove) of *configs*."""
+    from pytorch_pruner.config import load_config
+    from pytorch_pruner.patterns import ChannelGroup, GroupedHeads
+
+    return [
+        s.pattern.name
+        for config in configs
+        if config
+        for s in load_config(config).resolved()
+        if isinstance(s.pattern, ChannelGroup | GroupedHeads)
+    ]
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the example; return the results also written to ``<output_dir>/results.json``.
 
@@ -184,6 +209,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     args = parse_args(argv)
     check_clm_args(args)
+    if args.slim and not structured_patterns(args.oneshot_config, args.pruning_config):
+        print(
+            "--slim: skipped, nothing to slim: no pruner of --oneshot_config / --pruning_config uses a channel or "
+            "head pattern, and unstructured or N:M zeros leave every row and column in use, so no layer can get "
+            "smaller. To slim, prune mlp.down_proj with channelx1 (MLP channels) and/or self_attn.o_proj with "
+            "gqa_head:<head_dim>:<group> (query heads); the model is saved unslimmed",
+            file=sys.stderr,
+        )
+        args.slim = False
     set_seed(args.seed)
     train_texts = read_texts(args.train_file, args.text_column)
     eval_texts = read_texts(args.validation_file, args.text_column)

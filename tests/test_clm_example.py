@@ -172,7 +172,7 @@ def test_clm_kd_loss_adds_the_teachers_kl(clm: ModuleType, data: dict[str, Path]
         (["--num_calibration_samples", "0"], "--num_calibration_samples must be >= 1"),
         (["--block_size", "1"], "--block_size must be >= 2"),
         (["--block_size", "100", "--max_train_steps", "0"], "--block_size 100 exceeds the model's context length 64"),
-        (["--slim"], "not supported by this causal-LM example"),
+        (["--slim"], "--slim removes the MLP channels and attention heads pruning zeroed: it needs --oneshot_config"),
     ],
 )
 def test_clm_rejects_bad_flags(
@@ -180,6 +180,57 @@ def test_clm_rejects_bad_flags(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         clm.main(_args(data, work / "bad", *extra))
+
+
+SLIM_ONESHOT = """\
+prune_type: magnitude
+target_sparsity: 0.5
+prune_domain: local
+prune_layer_type: ["Linear"]
+pruners:
+  - names: ['mlp\\.down_proj$']
+    pattern: channelx1
+  - names: ['self_attn\\.o_proj$']
+    pattern: "gqa_head:8:2"
+"""
+
+
+def test_clm_slim_after_finetuning_keeps_the_outputs_and_drops_parameters(
+    clm: ModuleType, data: dict[str, Path], work: Path
+) -> None:
+    from pytorch_pruner.speed import load_slimmed
+
+    config = work / "slim_oneshot.yaml"
+    config.write_text(SLIM_ONESHOT)
+    out = work / "slim"
+    results = clm.main(_args(
+        data, out, "--oneshot_config", str(config), "--pruning_config", str(EXAMPLES / "llama_pattern_lock.yaml"),
+        "--do_prune", "--max_train_steps", "3", "--slim",
+    ))  # fmt: skip
+    slim = results["slim"]
+    # per block: 32 of the 64 MLP channels (gate and up rows, down columns of width 32) and one of the two query
+    # heads of each key/value group (2 heads x head_dim 8: q_proj rows and o_proj columns of width 32)
+    assert slim["units_removed"] == 2 * (32 + 2)
+    assert slim["parameters_before"] - slim["parameters_after"] == 2 * (3 * 32 * 32 + 2 * 16 * 32)
+    pruned_ppl = results["metrics"]["perplexity"]  # the fine-tuned, pruned model, before slimming
+    assert slim["metrics"]["perplexity"] == pytest.approx(pruned_ppl, rel=1e-5)
+    model = load_slimmed(transformers.AutoModelForCausalLM, out)
+    for layer in model.model.layers:
+        assert layer.mlp.down_proj.in_features == 32 and layer.self_attn.o_proj.in_features == 16
+    tokenizer = transformers.AutoTokenizer.from_pretrained(out)
+    blocks = clm.group_texts(tokenizer, clm.read_texts(str(data["valid"]), "text"), 32)
+    assert clm.perplexity(model, blocks, 16)["perplexity"] == pytest.approx(pruned_ppl, rel=1e-5)
+
+
+def test_clm_slim_with_only_unstructured_patterns_says_so(
+    clm: ModuleType, data: dict[str, Path], work: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    results = clm.main(_args(
+        data, work / "slim_2in4", "--oneshot_config", str(EXAMPLES / "llama_sparsegpt_2in4.yaml"),
+        "--max_train_steps", "0", "--slim",
+    ))  # fmt: skip
+    assert "slim" not in results
+    assert "--slim: skipped, nothing to slim: no pruner" in capsys.readouterr().err
 
 
 def test_clm_reads_text_columns(clm: ModuleType, work: Path) -> None:
