@@ -1,4 +1,4 @@
-"""torch.distributed: DDP ranks end identical; FSDP2-sharded weights are refused clearly.
+"""torch.distributed: DDP ranks end identical (FSDP2: tests/test_fsdp2.py).
 
 Two processes on CPU with the gloo backend, rendezvous through a file in tmp_path (no port to
 pick, so no clash with other runs). One spawn serves every test of this module.
@@ -74,17 +74,6 @@ def _train_ddp(rank: int) -> dict[str, Any]:
     }
 
 
-def _fsdp2_is_refused() -> str:
-    from torch.distributed.fsdp import fully_shard
-
-    model = make_mlp()
-    fully_shard(model.fc1)
-    fully_shard(model)
-    with pytest.raises(PruningError, match=r"pruners\[0\]: layers \['fc1', 'fc2', 'head'\] have sharded") as err:
-        Pruning({"prune_type": "magnitude", "pattern": "1x1"}).on_train_begin(model)
-    return str(err.value)
-
-
 def _input_statistics(rank: int) -> dict[str, torch.Tensor]:
     """wanda's mean x^2 and sparsegpt's Hessian from this rank's share of the tokens (all-reduced)."""
     from pytorch_pruner.criteria import ActivationStats, HessianStats
@@ -105,7 +94,6 @@ def _worker(rank: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
     try:
         result = _train_ddp(rank)
-        result["fsdp2_error"] = _fsdp2_is_refused()
         result["statistics"] = _input_statistics(rank)
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -138,13 +126,6 @@ def test_ddp_run_reaches_the_target_with_exact_zeros(ranks: list[dict[str, Any]]
     for result in ranks:
         assert result["zero_where_pruned"]
         assert result["sparsity"] == [pytest.approx(0.5, abs=1e-9)] * 2
-
-
-def test_fsdp2_sharded_weights_are_refused_with_a_way_out(ranks: list[dict[str, Any]]) -> None:
-    # pytest.raises ran in each rank; here the message's advice is checked once more
-    for result in ranks:
-        assert "not supported yet" in result["fsdp2_error"]
-        assert "DistributedDataParallel" in result["fsdp2_error"]
 
 
 def test_input_statistics_are_all_reduced_as_one_process_would_count_them(ranks: list[dict[str, Any]]) -> None:

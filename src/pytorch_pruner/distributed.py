@@ -9,14 +9,20 @@ broken by global position (rank r's shard comes before rank r+1's, as FSDP2's di
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 
 from .selection import Comm
 
-__all__ = ["ProcessGroupComm"]
+if TYPE_CHECKING:
+    from .patterns import Pattern
+
+__all__ = ["ProcessGroupComm", "WeightShard", "check_sharded", "is_dtensor", "row_block"]
 
 
 class ProcessGroupComm(Comm):
@@ -45,3 +51,123 @@ class ProcessGroupComm(Comm):
         moved = tensor.to(self.device)
         dist.all_reduce(moved, group=self.group)
         return tensor.copy_(moved)
+
+    def all_true(self, flag: torch.Tensor) -> torch.Tensor:
+        """*flag* (a 0-d bool tensor) AND-ed over the ranks: one tiny all-reduce, no host sync."""
+        if self.world == 1:
+            return flag
+        value = flag.reshape(1).to(self.device, torch.float32)
+        dist.all_reduce(value, op=dist.ReduceOp.MIN, group=self.group)
+        return (value[0] > 0).to(flag.device)
+
+
+# -- FSDP2: dim-0 shards of DTensor weights ------------------------------------------------------
+def is_dtensor(tensor: object) -> bool:
+    """Whether *tensor* is a ``torch.distributed.tensor.DTensor`` (FSDP2, tensor parallel)."""
+    if not dist.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return isinstance(tensor, DTensor)
+
+
+@dataclass(eq=False)
+class WeightShard:
+    """This rank's rows of a weight that FSDP2 (``fully_shard``) holds as a DTensor sharded
+    ``Shard(0)`` over a 1-D mesh: rank r holds rows ``[r * chunk, (r + 1) * chunk)`` clipped to the
+    weight (``chunk = ceil(rows / world)``, as ``torch.chunk`` splits; the last ranks may hold fewer
+    rows or none).
+
+    ``local`` is the plain tensor of those rows, sharing the parameter's storage: pruning reads and
+    zeroes it in place. ``base`` is the parameter's own local tensor when this was built, so that
+    :meth:`current` is two identity checks per step.
+    """
+
+    param: Any  # the DTensor parameter
+    base: torch.Tensor
+    local: torch.Tensor
+    shape: torch.Size  # the whole weight's
+    start: int  # the global row of local row 0
+    group: Any
+
+    @classmethod
+    def of(cls, param: Any) -> WeightShard:
+        local = param.to_local().detach()
+        mesh = param.device_mesh
+        world, rank = mesh.size(), mesh.get_local_rank()
+        chunk = -(-param.shape[0] // world)
+        start = min(rank * chunk, param.shape[0])
+        return cls(param, param._local_tensor, local, param.shape, start, mesh.get_group())
+
+    def current(self, weight: Any) -> bool:
+        """Whether *weight* (the module's now) is still this shard's parameter and local tensor."""
+        return weight is self.param and weight._local_tensor is self.base
+
+    def dtensor(self, local: torch.Tensor, shape: Sequence[int]) -> Any:
+        """*local* (this rank's rows of a tensor of global *shape*, e.g. a mask) as a DTensor
+        sharded like the weight: on its mesh, ``Shard(0)``."""
+        from torch.distributed.tensor import DTensor
+
+        shape = tuple(shape)
+        stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+        return DTensor.from_local(
+            local, self.param.device_mesh, self.param.placements, run_check=False, shape=shape, stride=stride
+        )
+
+
+def row_block(pattern: Pattern) -> int | None:
+    """Rows of the 2-D view one unit of *pattern* spans (the shard of a layer must hold whole units),
+    or ``None`` when a unit spans every row (column groups, grouped heads): those need the whole
+    weight on every rank."""
+    from .patterns import NInM, NxM
+    from .patterns.head import ChannelGroup
+
+    if isinstance(pattern, NxM):
+        return pattern.n
+    if isinstance(pattern, NInM):
+        return 1
+    if isinstance(pattern, ChannelGroup) and pattern.axis == 0:
+        return pattern.size
+    return None
+
+
+def check_sharded(name: str, kind: str, weight: Any, pattern: Pattern) -> str | None:
+    """Why the DTensor *weight* of layer *name* cannot be pruned shard by shard (``None``: it can).
+
+    Supported: FSDP2's ``Shard(0)`` over a 1-D mesh, for patterns whose units lie within rows
+    (NxM, N:M, groups of output channels), when every shard holds whole units.
+    """
+    from torch.distributed.tensor import Shard
+
+    placements = tuple(weight.placements)
+    if weight.device_mesh.ndim != 1 or len(placements) != 1 or placements[0] != Shard(0):
+        return (
+            f"layer {name}: its weight is a DTensor placed {placements} on a {weight.device_mesh.ndim}-D mesh; "
+            "only FSDP2's dim-0 shards over a 1-D mesh (placements (Shard(dim=0),), torch.distributed.fsdp."
+            "fully_shard) are supported, not tensor parallelism or HSDP meshes. Shard with fully_shard on a 1-D "
+            "mesh, or leave the layer out (`excluded`)"
+        )
+    if kind == "Conv1D":
+        return (
+            f"layer {name}: transformers' Conv1D stores [in, out], so FSDP2's dim-0 shards split its input "
+            "features, across the pattern's rows; leave it out (`excluded`) or train with DDP"
+        )
+    block = row_block(pattern)
+    rows = weight.shape[0]
+    world = weight.device_mesh.size()
+    if block is None:
+        return (
+            f"layer {name}: pattern {pattern.name!r} prunes units that span every row of the weight, but FSDP2 "
+            f"gives each of the {world} ranks only some rows; use an NxM, N:M or row-group pattern, leave the "
+            "layer out (`excluded`), or train with DDP"
+        )
+    chunk = -(-rows // world)
+    if chunk % block:
+        fits = [w for w in range(1, 2 * world + 1) if (-(-rows // w)) % block == 0]
+        return (
+            f"layer {name}: FSDP2 gives each of the {world} ranks {chunk} of its {rows} rows, and {chunk} is not "
+            f"a multiple of the pattern {pattern.name!r}'s {block} rows, so blocks would straddle shards. Fix: a "
+            f"world size whose shards hold whole blocks (e.g. {fits[:4] or 'none <= ' + str(2 * world)}), a "
+            f"block height dividing {chunk}, or leave the layer out (`excluded`)"
+        )
+    return None

@@ -118,6 +118,13 @@ def squash(pruning: Pruning) -> nn.Module:
 remove = squash
 
 
+def _whole(t: torch.Tensor) -> torch.Tensor:
+    """*t*, or the whole tensor gathered from every rank if it is a DTensor (a collective)."""
+    from .distributed import is_dtensor
+
+    return t.full_tensor() if is_dtensor(t) else t  # type: ignore[attr-defined]
+
+
 # -- bit packing -------------------------------------------------------------------------------
 _SHIFTS = torch.arange(7, -1, -1, dtype=torch.uint8)
 
@@ -202,6 +209,10 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
         model: the pruned model (normally ``pruning.model``).
         pruning: the :class:`~pytorch_pruner.Pruning` that pruned it (masks, config, report).
 
+    Under FSDP2 it is a collective: call it on every rank; the sharded weights and masks are
+    gathered (``full_tensor()``) and rank 0 alone writes the whole model (the file is the same as
+    one process would write for the gathered weights).
+
     Returns:
         The path written.
 
@@ -210,9 +221,10 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
         ImportError: safetensors is not installed.
     """
     from .config import dump_config
+    from .distributed import is_dtensor
 
     st = _safetensors()
-    masks = pruning.masks()
+    masks = {name: _whole(mask) for name, mask in pruning.masks().items()}
     # Keys as in the plain model (no `_orig_mod.` / `module.`), so the file loads into an unwrapped
     # model; parameters themselves (keep_vars) so that a pruned weight is found by identity.
     state = unwrap_model(model).state_dict(keep_vars=True)
@@ -226,18 +238,20 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
     seen: dict[tuple[int, tuple[int, ...], tuple[int, ...]], str] = {}
 
     def ident(t: torch.Tensor) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+        if is_dtensor(t):  # FSDP2: a rank's shard may be empty (no storage); tied weights share the parameter
+            return (id(t), tuple(t.shape), tuple(t.stride()))
         return (t.data_ptr(), tuple(t.shape), tuple(t.stride()))
 
     for pruner in pruning.pruners:
         for layer in pruner.layers:
-            keys = keys_of.get(id(layer.target.weight))
+            keys = keys_of.get(id(layer.target.param if layer.target.shard is not None else layer.target.weight))
             if not keys:
                 raise StateError(
                     f"the pruning prunes {layer.name!r}, whose weight is not a tensor of the model given; "
                     "pass the model the Pruning was started on (pruning.model)"
                 )
             key = keys[0]  # the first key; the others (a tie, e.g. to embeddings) become aliases below
-            weight, mask = state[key].detach().to("cpu"), masks[layer.name].to("cpu")
+            weight, mask = _whole(state[key].detach()).to("cpu"), masks[layer.name].to("cpu")
             tensors[key + _MASK] = pack_bits(mask)
             tensors[key + _VALUES] = weight[mask].contiguous()
             sparse[key] = {"shape": list(weight.shape)}
@@ -249,8 +263,12 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
             aliases[key] = seen[ident(value)]
             continue
         seen[ident(value)] = key
-        tensors[key] = value.detach().to("cpu").contiguous().clone()
+        tensors[key] = _whole(value.detach()).to("cpu").contiguous().clone()
     report = pruning.report()
+    sharded = any(layer.target.shard is not None for p in pruning.pruners for layer in p.layers)
+    path = Path(path)
+    if sharded and torch.distributed.get_rank() != 0:  # FSDP2: rank 0 writes the gathered model
+        return path
     metadata = {
         "format": SPARSE_FORMAT,
         "config": dump_config(pruning.config),
@@ -260,7 +278,6 @@ def save_sparse(path: str | os.PathLike[str], model: nn.Module, pruning: Pruning
         "aliases": json.dumps(aliases),
     }
     metadata["sha256"] = _content_sha256(tensors, metadata)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(path, lambda tmp: st.torch.save_file(tensors, str(tmp), metadata=metadata))
     return path

@@ -15,12 +15,13 @@ import torch
 
 from .config import PrunerSettings
 from .criteria import ScoreSlot
-from .errors import PruningError
+from .distributed import ProcessGroupComm
+from .errors import PruningError, StateError
 from .patterns import NInM, NxM, Pattern
 from .selection import EPS, LayerUnits, select
 from .targets import Target
 
-__all__ = ["MaskedLayer", "Pruner"]
+__all__ = ["MaskedLayer", "Pruner", "sync_counts"]
 
 
 @dataclass(eq=False)
@@ -31,6 +32,11 @@ class MaskedLayer:
     keep: torch.Tensor
     #: the mask in the weight's own layout, for layers whose 2-D view is a copy (conv, Conv1D)
     _full: torch.Tensor | None = field(default=None, repr=False)
+    #: weights per mask entry (set for sharded layers, whose local mask may be empty)
+    entry_elements: int | None = None
+    #: under FSDP2: (pruned weights, pruned weights that are nonzero) over every rank, as of the
+    #: last :func:`sync_counts`; None once the mask changed since
+    synced: tuple[int, int] | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
@@ -38,13 +44,29 @@ class MaskedLayer:
 
     @property
     def numel(self) -> int:
-        return self.target.weight.numel()
+        """Weights in the whole layer (over every rank under FSDP2)."""
+        return self.target.numel
+
+    @property
+    def local_pruned_elements(self) -> int:
+        """Pruned weights in this rank's mask (all of them when the weight is not sharded)."""
+        if self.keep.is_meta:  # a model built on `meta`, not materialized yet: nothing pruned
+            return 0
+        per_entry = self.entry_elements or self.numel // self.keep.numel()
+        return int((~self.keep).sum()) * per_entry
 
     @property
     def pruned_elements(self) -> int:
-        if self.keep.is_meta:  # a model built on `meta`, not materialized yet: nothing pruned
-            return 0
-        return int((~self.keep).sum()) * (self.numel // self.keep.numel())
+        """Pruned weights of the whole layer. Under FSDP2 the count of the last :func:`sync_counts`
+        (``Pruning.report()`` and ``get_sparsity_ratio()`` run it, on every rank)."""
+        if self.target.shard is None:
+            return self.local_pruned_elements
+        if self.synced is None:
+            raise StateError(
+                f"{self.name} is sharded (FSDP2): its pruned count is a sum over the ranks; call "
+                "pruning.report() or pruning.get_sparsity_ratio() on every rank (they all-reduce the counts)"
+            )
+        return self.synced[0]
 
     @property
     def sparsity(self) -> float:
@@ -64,14 +86,29 @@ class Pruner:
         #: those the pattern does not fit
         self.skipped: list[tuple[str, str]] = list(skipped)
         for target in targets:
-            reason = self.pattern.check(*target.shape2d)
+            reason = self.pattern.check(*target.full_shape2d)
             if reason:
                 self.skipped.append((target.name, reason))
                 continue
             shape = self.pattern.score_shape(*target.shape2d)
             keep = torch.ones(shape, dtype=torch.bool, device=target.weight.device)
-            self.layers.append(MaskedLayer(target, keep))
+            layer = MaskedLayer(target, keep)
+            if target.shard is not None:
+                layer.entry_elements = target.numel // math.prod(self.pattern.score_shape(*target.full_shape2d))
+            self.layers.append(layer)
         self.schedule = settings.schedule()
+        #: under FSDP2: the ranks selection counts over (every sharded layer's mesh); None in one process
+        self.comm: ProcessGroupComm | None = None
+        sharded = [layer for layer in self.layers if layer.target.shard is not None]
+        if sharded:
+            if len(sharded) != len(self.layers):
+                whole = [layer.name for layer in self.layers if layer.target.shard is None]
+                raise PruningError(
+                    f"{settings.path}: layers {whole} are whole on every rank while the others are sharded "
+                    "(FSDP2); one ranking cannot mix them. Apply fully_shard to every module holding a "
+                    "pruned layer (and to the root), or leave those layers out (`excluded`)"
+                )
+            self.comm = ProcessGroupComm(sharded[0].target.shard.group)
         slots = [_slot(layer, self.pattern) for layer in self.layers]
         self.criterion = settings.criterion(slots)
         #: the sparsity the masks were last computed for
@@ -85,10 +122,11 @@ class Pruner:
         """Fix each mask to the weight's nonzero pattern now (pattern_lock); it never changes."""
         for layer, score in zip(self.layers, self.criterion.scores(), strict=True):
             layer.keep.copy_(score > 0)
+        self.refresh_masks()
+        sync_counts([self])
         self.current_sparsity = sum(layer.pruned_elements for layer in self.layers) / max(
             sum(layer.numel for layer in self.layers), 1
         )
-        self.refresh_masks()
 
     def too_coarse(self) -> list[tuple[str, int]]:
         """``(layer name, units)`` of the layers whose target prunes no unit at all: with local
@@ -98,7 +136,7 @@ class Pruner:
         target = min(self.settings.target_sparsity, self.pattern.max_sparsity())
         if target <= 0 or not self.layers:
             return []
-        counts = [(layer.name, self.pattern.num_units(*layer.target.shape2d)) for layer in self.layers]
+        counts = [(layer.name, self.pattern.num_units(*layer.target.full_shape2d)) for layer in self.layers]
         if self.settings.prune_domain == "local":
             return [(name, n) for name, n in counts if math.floor(target * n + EPS) == 0]
         return counts if math.floor(target * sum(n for _, n in counts) + EPS) == 0 else []
@@ -123,6 +161,7 @@ class Pruner:
             else:
                 layer.keep = layer.keep.to(weight.device)
             self.criterion.follow_(i, weight)
+            self.criterion.slots[i].param = layer.target.param
         if moved:
             self.refresh_masks()
 
@@ -135,7 +174,8 @@ class Pruner:
         return self.schedule.is_pruning_step(step + 1)
 
     def gradients(self) -> list[torch.Tensor]:
-        return [g for layer in self.layers if (g := layer.target.weight.grad) is not None]
+        slots = self.criterion.slots
+        return [g for slot in slots if (g := slot.grad) is not None]
 
     def accumulate_scores(self) -> None:
         self.criterion.accumulate_()
@@ -187,17 +227,19 @@ class Pruner:
         units = [
             LayerUnits(
                 scores=unit_scores,
-                unit_elements=self.pattern.unit_elements(*layer.target.shape2d),
+                unit_elements=self.pattern.unit_elements(*layer.target.full_shape2d),
                 numel=layer.numel,
                 max_sparsity=s.max_sparsity_ratio_per_layer,
                 min_sparsity=s.min_sparsity_ratio_per_layer,
+                # under FSDP2 the scores are this rank's rows (a contiguous run of the layer's units)
+                total_units=None if self.comm is None else self.pattern.num_units(*layer.target.full_shape2d),
                 rows=int(layer.keep.shape[0]),
             )
             for layer, (unit_scores, _) in zip(self.layers, ranked, strict=True)
         ]
         if step >= self.schedule.last_step:  # masks are final: input statistics are no longer needed
             self.criterion.remove_hooks()
-        chosen = select(units, sparsity, s.prune_domain)
+        chosen = select(units, sparsity, s.prune_domain, comm=self.comm)
         for layer, pruned, score, (_, memo) in zip(self.layers, chosen, scores, ranked, strict=True):
             layer.keep.copy_(self.pattern.keep_mask_from(pruned.to(layer.keep.device), score, memo))
         self.refresh_masks()
@@ -207,6 +249,7 @@ class Pruner:
         """Rebuild what the hot path uses from the masks of record (after they changed)."""
         self._masked = any(not bool(layer.keep.all()) for layer in self.layers)
         for layer in self.layers:
+            layer.synced = None
             if layer.target.direct:
                 layer._full = None
             else:
@@ -232,17 +275,78 @@ class Pruner:
         return layer.target.from_2d(self.pattern.expand(layer.keep, rows, cols))
 
     def state_dict(self) -> dict[str, Any]:
+        """Masks, criterion state and sparsity. Under FSDP2 every tensor is a DTensor that
+        ``torch.distributed.checkpoint`` saves and loads: masks and scores sharded as the weights
+        (``Shard(0)`` of their whole shape), other criterion state (wanda's statistics of this rank's
+        inputs) one row per rank (``[world, ...]``, ``Shard(0)``)."""
+        criterion = self.criterion.state_dict()
+        if self.comm is not None:
+            criterion = {key: [self._shared(i, t, key) for i, t in enumerate(ts)] for key, ts in criterion.items()}
         return {
             "layers": [layer.name for layer in self.layers],
-            "masks": [layer.keep.clone() for layer in self.layers],
-            "criterion": self.criterion.state_dict(),
+            "masks": [self._shared(i, layer.keep.clone(), "masks") for i, layer in enumerate(self.layers)],
+            "criterion": criterion,
             "current_sparsity": self.current_sparsity,
         }
+
+    # -- FSDP2: state as DTensors ------------------------------------------------------------
+    #: state keys laid out as the masks (one entry per mask entry): sharded as the weights
+    _SHARDED_KEYS = ("masks", "scores")
+
+    def _whole_shape(self, i: int, local: torch.Tensor, key: str) -> tuple[int, ...]:
+        if key in self._SHARDED_KEYS:
+            return tuple(self.pattern.score_shape(*self.layers[i].target.full_shape2d))
+        return (self.comm.world, *local.shape)  # type: ignore[union-attr]
+
+    def _shared(self, i: int, local: torch.Tensor, key: str) -> torch.Tensor:
+        """Layer *i*'s state tensor *local* under *key* as a DTensor: masks and scores sharded as
+        the weight, anything else one row per rank. Unchanged without FSDP2."""
+        shard = self.layers[i].target.shard
+        if shard is None:
+            return local
+        if key in self._SHARDED_KEYS:
+            return shard.dtensor(local, self._whole_shape(i, local, key))
+        return shard.dtensor(local.unsqueeze(0), self._whole_shape(i, local, key))
+
+    def _local_state(self, state: dict[str, Any], where: str) -> dict[str, Any]:
+        """*state* with this rank's part of each DTensor (a saved FSDP2 state); ``ValueError`` if a
+        DTensor is not laid out as :meth:`state_dict` writes it for this model and world size."""
+        from .distributed import is_dtensor
+
+        def local(i: int, t: Any, key: str) -> Any:
+            if not is_dtensor(t):
+                return t
+            shard = self.layers[i].target.shard if i < len(self.layers) else None
+            if shard is None:
+                raise ValueError(f"{where}: the saved {key} of layer {i} is sharded (DTensor), but its weight is not")
+            part = t.to_local()
+            if key not in self._SHARDED_KEYS:
+                part = part.squeeze(0) if part.dim() and part.shape[0] == 1 else part
+            want = self._whole_shape(i, part, key)
+            if tuple(t.placements) != tuple(shard.param.placements) or tuple(t.shape) != want:
+                raise ValueError(
+                    f"{where}: the saved {key} of {self.layers[i].name} is a DTensor of shape {tuple(t.shape)} placed "
+                    f"{tuple(t.placements)}; this run holds it as {want} placed {tuple(shard.param.placements)}"
+                )
+            return part
+
+        if not isinstance(state, dict) or self.comm is None:
+            return state
+        out = dict(state)
+        if isinstance(state.get("masks"), list):
+            out["masks"] = [local(i, m, "masks") for i, m in enumerate(state["masks"])]
+        if isinstance(state.get("criterion"), dict):
+            out["criterion"] = {
+                key: [local(i, t, key) for i, t in enumerate(ts)] if isinstance(ts, list) else ts
+                for key, ts in state["criterion"].items()
+            }
+        return out
 
     def check_state(self, state: dict[str, Any], where: str) -> None:
         """Raise ``ValueError`` if *state* was not saved from a pruner of the same layers."""
         if not isinstance(state, dict):
             raise ValueError(f"{where}: the saved pruner state is a {type(state).__name__}, not a dict")
+        state = self._local_state(state, where)
         names = [layer.name for layer in self.layers]
         if state.get("layers") != names:
             raise ValueError(f"{where}: saved layers {state.get('layers')} differ from this model's {names}")
@@ -270,6 +374,7 @@ class Pruner:
                 raise ValueError(f"{where}: the saved criterion {key} do not fit the layers")
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        state = self._local_state(state, "pruner")
         for layer, mask in zip(self.layers, state["masks"], strict=True):
             layer.keep.copy_(mask)
         self.criterion.load_state_dict(state["criterion"])
@@ -329,4 +434,24 @@ def _slot(layer: MaskedLayer, pattern: Pattern) -> ScoreSlot:
         module=target.module,
         block_mean=block_mean,
         score_view=score_view,
+        param=target.param,
     )
+
+
+@torch.no_grad()
+def sync_counts(pruners: Sequence[Pruner]) -> None:
+    """Sum the pruned weights of every sharded layer of *pruners* (and how many of those are not
+    zero) over the ranks, into each layer's ``synced``: one all-reduce of two counts per layer.
+    A collective under FSDP2: every rank must call it with the same pruners; without sharded
+    layers it does nothing."""
+    pairs = [(p, layer) for p in pruners if p.comm is not None for layer in p.layers]
+    if not pairs:
+        return
+    comm = next(p.comm for p in pruners if p.comm is not None)
+    local = torch.zeros(2 * len(pairs), dtype=torch.long)
+    for i, (p, layer) in enumerate(pairs):
+        local[2 * i] = layer.local_pruned_elements
+        local[2 * i + 1] = int(torch.count_nonzero(layer.target.weight.detach()[~p.full_mask(layer)]))
+    totals = comm.sum_(local).tolist()
+    for i, (_, layer) in enumerate(pairs):
+        layer.synced = (totals[2 * i], totals[2 * i + 1])

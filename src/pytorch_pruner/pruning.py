@@ -31,9 +31,10 @@ from torch import nn
 
 from .config import PruningConfig, dump_config, load_config, loads_config
 from .criteria import finite_flag
+from .distributed import ProcessGroupComm, WeightShard, check_sharded, is_dtensor
 from .errors import ConfigError, NoMatchingLayersError, PruningError, StateError
 from .export import squash
-from .pruner import Pruner
+from .pruner import Pruner, sync_counts
 from .report import SparsityRatios, SparsityReport, build_report, sparsity_ratios
 from .targets import LAYER_KINDS, WeightChecker, find_targets, prunable_layers
 
@@ -43,13 +44,15 @@ __all__ = ["STATE_FORMAT", "Pruning"]
 STATE_FORMAT = 1
 
 
-def _sharded_layers(targets: list[Any]) -> list[str]:
-    """Names of *targets* whose weight is a DTensor (FSDP2 ``fully_shard``, tensor parallel)."""
-    if not torch.distributed.is_available():
-        return []
-    from torch.distributed.tensor import DTensor  # only where torch.distributed exists
-
-    return [t.name for t in targets if isinstance(t.weight, DTensor)]
+def _attach_shards(path: str, targets: list[Any], pattern: Any) -> None:
+    """Give each target whose weight is a DTensor (FSDP2 ``fully_shard``) its shard, or refuse
+    the layers that cannot be pruned shard by shard, saying why and how to fix it."""
+    sharded = [t for t in targets if is_dtensor(t.module.weight)]
+    reasons = [r for t in sharded if (r := check_sharded(t.name, t.kind, t.module.weight, pattern))]
+    if reasons:
+        raise PruningError(f"{path}: sharded (DTensor) weights this pruner cannot prune:\n  " + "\n  ".join(reasons))
+    for t in sharded:
+        t.shard = WeightShard.of(t.module.weight)
 
 
 def _refuse_zero3(model: nn.Module) -> None:
@@ -123,6 +126,7 @@ class Pruning:
         self._started = False
         self._pruned_at = -1  # optimizer step whose on_step_begin already ran
         self._scored_at = -1  # optimizer step whose gradients were already scored
+        self._comm: ProcessGroupComm | None = None
 
     # -- set-up ----------------------------------------------------------------------------
     @property
@@ -208,18 +212,10 @@ class Pruning:
                     f"excluded {list(s.excluded)}); layers it could match: {candidates}",
                     stacklevel=2,
                 )
-            sharded = _sharded_layers(mine)
-            if sharded:
-                # Scores, ranking and masks need each weight whole on every rank; a shard holds a slice.
-                raise PruningError(
-                    f"{s.path}: layers {sharded} have sharded (DTensor) weights, as torch.distributed.fsdp."
-                    "fully_shard (FSDP2) or tensor parallelism make them; pruning sharded weights is not "
-                    "supported yet. Train with DistributedDataParallel (each rank holds the whole weight) "
-                    "or on one process"
-                )
             mine, left_dense = checker.split(
                 mine, needs_grad=s.criterion.needs_grad, criterion=s.prune_type, names=s.names
             )
+            _attach_shards(s.path or "pruner", mine, s.pattern)  # FSDP2: after the checks, which see whole weights
             if left_dense:
                 reasons = "\n".join(f"  {name}: {reason}" for name, reason in left_dense)
                 warnings.warn(f"{s.path}: these layers stay dense (see report()):\n{reasons}", stacklevel=2)
@@ -236,6 +232,14 @@ class Pruning:
             pruners.append(pruner)
         if not claimed:
             raise NoMatchingLayersError(_no_match_message(self._model, settings))
+        groups = {id(p.comm.group): p.comm for p in pruners if p.comm is not None}
+        if len(groups) > 1:
+            raise PruningError(
+                "the pruned layers are sharded over different process groups (FSDP2 meshes); shard every pruned "
+                "layer over one 1-D mesh"
+            )
+        #: under FSDP2: the ranks that must agree on each step's finiteness (one all-reduce per step)
+        self._comm: ProcessGroupComm | None = next(iter(groups.values()), None)
         self.pruners = pruners
         self._started = True
 
@@ -288,6 +292,8 @@ class Pruning:
             return
         staged = [t for p in active for t in p.criterion.stage_()]
         finite = finite_flag(staged)
+        if self._comm is not None:  # FSDP2: each rank saw its own rows; all ranks keep the step or none
+            finite = self._comm.all_true(finite)
         for pruner in active:
             pruner.criterion.commit_(finite)
 
@@ -323,19 +329,29 @@ class Pruning:
         """The seed's three ratios: see :class:`SparsityRatios`."""
         model = self.require_started("get_sparsity_ratio")
         self._follow_weights()
+        sync_counts(self.pruners)  # FSDP2: a collective, every rank calls it
         return sparsity_ratios(model, self.pruners)
 
     def report(self) -> SparsityReport:
         """Per-layer sparsity, skipped layers with the reason, and the three ratios."""
         model = self.require_started("report")
         self._follow_weights()
+        sync_counts(self.pruners)  # FSDP2: a collective, every rank calls it
         return build_report(model, self.pruners, self.step)
 
     def masks(self) -> dict[str, torch.Tensor]:
-        """Keep-masks (bool, True = keep) of every pruned layer, in each weight's shape."""
+        """Keep-masks (bool, True = keep) of every pruned layer, in each weight's shape.
+
+        Under FSDP2 each mask is a DTensor sharded as its weight (``.full_tensor()`` gathers it)."""
         self.require_started("masks")
         self._follow_weights()
-        return {layer.name: p.full_mask(layer) for p in self.pruners for layer in p.layers}
+        masks = {}
+        for p in self.pruners:
+            for layer in p.layers:
+                shard = layer.target.shard
+                mask = p.full_mask(layer)
+                masks[layer.name] = mask if shard is None else shard.dtensor(mask, shard.shape)
+        return masks
 
     def squash(self) -> nn.Module:
         """Bake the zeros into the model and return it plain: see :func:`pytorch_pruner.export.squash`."""

@@ -124,7 +124,7 @@ def block_counts(pruners: list[Any]) -> list[tuple[int, int, int]]:
     for p in pruners:
         units = pruned_units = weights = 0
         for layer in p.layers:
-            size = 1 if p.pattern.nm else p.pattern.unit_elements(*layer.target.shape2d)
+            size = 1 if p.pattern.nm else p.pattern.unit_elements(*layer.target.full_shape2d)
             units += layer.numel // size
             pruned_units += layer.pruned_elements // size
             weights += layer.numel
@@ -164,12 +164,14 @@ def build_report(model: nn.Module, pruners: list[Any], step: int) -> SparsityRep
         s = p.settings
         for layer in p.layers:
             w = layer.target.weight
-            # a weight still on meta (not materialized) has nothing pruned yet
-            zero_where_pruned = w.is_meta or bool((w.detach()[~p.full_mask(layer)] == 0).all())
+            if layer.target.shard is not None:  # FSDP2: counted over every rank by sync_counts
+                zero_where_pruned = layer.synced is not None and layer.synced[1] == 0
+            else:  # a weight still on meta (not materialized) has nothing pruned yet
+                zero_where_pruned = w.is_meta or bool((w.detach()[~p.full_mask(layer)] == 0).all())
             rows.append(
                 LayerReport(
                     layer.name,
-                    tuple(w.shape),
+                    tuple(layer.target.full_shape),
                     i,
                     p.pattern.name,
                     s.prune_type,

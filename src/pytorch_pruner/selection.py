@@ -480,6 +480,8 @@ def select_rows(layer: LayerUnits, sparsity: float) -> torch.Tensor:
         >>> select_rows(layer, 0.5).tolist()
         [False, True, False, True, False, False]
     """
+    if layer.rows == 0:  # a shard without rows (FSDP2's last ranks may hold none)
+        return torch.zeros(0, dtype=torch.bool, device=layer.scores.device)
     scores = _clean(layer.scores).reshape(layer.rows, -1)
     per_row = scores.shape[1]
     hi = math.floor(layer.max_sparsity * per_row + EPS)

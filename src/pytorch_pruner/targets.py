@@ -10,9 +10,11 @@ The 2-D view is ``[output channels, input features]``:
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -70,25 +72,76 @@ def layer_kind(module: nn.Module, types: Iterable[str] = LAYER_KINDS) -> str | N
 
 @dataclass(eq=False)
 class Target:
-    """One prunable layer: its qualified name, the module and how its weight maps to 2-D."""
+    """One prunable layer: its qualified name, the module and how its weight maps to 2-D.
+
+    Under FSDP2 (``shard`` set, see :class:`~pytorch_pruner.distributed.WeightShard`) ``weight``
+    is this rank's rows of the sharded parameter, a plain tensor sharing its storage, and
+    ``shape2d`` their 2-D shape; ``full_shape`` / ``full_shape2d`` / ``numel`` are the whole layer's.
+    """
 
     name: str
     module: nn.Module
     kind: str
+    #: this rank's shard of an FSDP2 (DTensor, dim-0 sharded) weight; None: the weight is whole here
+    shard: Any = field(default=None, repr=False)
 
     @property
     def weight(self) -> torch.Tensor:
         weight = self.module.weight
+        shard = self.shard
+        if shard is not None:
+            # two identity checks per call: FSDP2 swaps module.weight only inside forward/backward
+            return shard.local if shard.current(weight) else self._reshard(weight)
         if not isinstance(weight, torch.Tensor):  # narrowed for type checkers; layers hold tensors
             raise TypeError(f"{self.name}.weight is not a tensor")
         return weight
 
+    def _reshard(self, weight: Any) -> torch.Tensor:
+        from .distributed import WeightShard, is_dtensor
+        from .errors import PruningError
+
+        if not is_dtensor(weight) or tuple(weight.shape) != tuple(self.shard.shape):
+            raise PruningError(
+                f"{self.name}.weight is a {type(weight).__name__} of shape {tuple(weight.shape)} now, not the "
+                "sharded DTensor parameter FSDP2 holds between steps (it holds the whole weight only inside "
+                "forward and backward): call the pruning hooks at step begin, before and after the optimizer "
+                "step, not from inside forward or backward"
+            )
+        self.shard = WeightShard.of(weight)  # a new parameter or local tensor (to_empty, load_state_dict(assign))
+        return self.shard.local
+
     @property
-    def shape2d(self) -> tuple[int, int]:
-        shape = self.weight.shape
+    def param(self) -> torch.Tensor | None:
+        """The DTensor parameter of a sharded weight, whose ``.grad`` holds this rank's gradient rows."""
+        if self.shard is None:
+            return None
+        self.weight  # noqa: B018 (refreshes the shard if the module holds a new parameter)
+        return self.shard.param
+
+    @property
+    def full_shape(self) -> torch.Size:
+        """The whole weight's shape (over every rank)."""
+        return self.shard.shape if self.shard is not None else self.weight.shape
+
+    def _shape2d(self, shape: Sequence[int]) -> tuple[int, int]:
         if self.kind == "Conv1D":
             return (shape[1], shape[0])
-        return (shape[0], self.weight.numel() // shape[0])
+        return (shape[0], math.prod(shape[1:]))
+
+    @property
+    def shape2d(self) -> tuple[int, int]:
+        """The 2-D shape of ``weight`` (this rank's rows under FSDP2)."""
+        return self._shape2d(self.weight.shape)
+
+    @property
+    def full_shape2d(self) -> tuple[int, int]:
+        """The 2-D shape of the whole weight (over every rank)."""
+        return self._shape2d(self.full_shape)
+
+    @property
+    def numel(self) -> int:
+        """Weights in the whole layer (over every rank)."""
+        return math.prod(self.full_shape)
 
     @property
     def direct(self) -> bool:

@@ -16,6 +16,7 @@ The forward hooks that feed them are the criterion's own; :meth:`remove_hooks` t
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, ClassVar
 
@@ -121,7 +122,7 @@ class _InputCriterion(Criterion):
         for slot in slots:
             if slot.module is None:
                 raise StateError(f"{type(self).__name__} needs the layer module of every slot to see its inputs")
-            cols = int(slot.weight.numel() // slot.weight.shape[0])
+            cols = math.prod(slot.weight.shape[1:])  # a shard may hold no row
             features = _in_features(slot.module, cols)
             self.stats.append(self._stats_type(features, slot.weight.device))
             self.repeats.append(cols // features)

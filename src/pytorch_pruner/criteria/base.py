@@ -68,6 +68,16 @@ class ScoreSlot:
     block_mean: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
     #: scores (``score_shape``) -> a view aligned elementwise with ``block_mean``'s result.
     score_view: Callable[[torch.Tensor], torch.Tensor] | None = field(default=None, repr=False)
+    #: under FSDP2: the DTensor parameter whose local rows ``weight`` is (its ``.grad`` is a DTensor too)
+    param: torch.Tensor | None = field(default=None, repr=False)
+
+    @property
+    def grad(self) -> torch.Tensor | None:
+        """The gradient of ``weight``: under FSDP2 this rank's rows of the parameter's gradient."""
+        if self.param is None:
+            return self.weight.grad
+        grad = self.param.grad
+        return None if grad is None else grad.to_local()
 
     @property
     def reduced(self) -> bool:
@@ -147,7 +157,7 @@ class Criterion(ABC):
     def stage_(self) -> list[torch.Tensor]:
         """Compute this step's evidence into scratch; return the tensors whose finiteness decides
         whether the step counts. Changes no score. Default: nothing staged, the gradients checked."""
-        return [g for s in self.slots if (g := s.weight.grad) is not None]
+        return [g for s in self.slots if (g := s.grad) is not None]
 
     def commit_(self, finite: torch.Tensor) -> None:  # noqa: B027 (optional: only per-step criteria override it)
         """Fold the staged evidence into the scores where *finite* (0-d bool tensor) is True."""

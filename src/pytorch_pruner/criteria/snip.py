@@ -90,7 +90,7 @@ class _GradientCriterion(Criterion):
 
     @torch.no_grad()
     def stage_(self) -> list[torch.Tensor]:
-        grads = [s.weight.grad for s in self.slots]
+        grads = [s.grad for s in self.slots]
         self._staged = [g is not None for g in grads]
         if not self._stage_steps:
             return [g for g in grads if g is not None]
@@ -112,7 +112,7 @@ class _GradientCriterion(Criterion):
             if self._stage_steps:
                 step = self._steps[i]
             else:
-                grad = slot.weight.grad
+                grad = slot.grad
                 if grad is None:  # removed between the phases: nothing to add
                     continue
                 step = self._step(i, grad)
