@@ -22,7 +22,12 @@ hooks of an ordinary step against an AdamW step on the same weights (CUDA events
 kernels each launches (torch.profiler), and runs the hooks under
 ``torch.cuda.set_sync_debug_mode("error")`` so that any host sync fails.
 
+``--fsdp2`` runs the ``small`` preset (or ``--steps`` steps) in 2 processes (gloo, CPU), each model
+sharded with ``fully_shard`` per encoder layer and at the root, dense and pruned interleaved step
+by step as above; rank 0 prints the same columns. Both processes share the machine's cores.
+
     python benchmarks/overhead.py [--preset small|large|both|gpu] [--runs 3]
+    python benchmarks/overhead.py --fsdp2 [--runs 3] [--steps 240]
 """
 
 from __future__ import annotations
@@ -79,11 +84,25 @@ def pruning_config(prune_type: str, pattern: str, target: float, start: int, end
     }
 
 
-def one_run(preset: Preset, prune_type: str, pattern: str, seed: int) -> dict[str, float]:
+def _fully_shard(model):
+    """FSDP2 over every rank: each encoder layer, then the root (as accelerate's FSDP2 plugin wraps)."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (torch.distributed.get_world_size(),))
+    for layer in model.bert.encoder.layer:
+        fully_shard(layer, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def one_run(preset: Preset, prune_type: str, pattern: str, seed: int, fsdp2: bool = False) -> dict[str, float]:
     """Train a dense and a pruned copy interleaved; the medians of one run."""
     torch.manual_seed(seed)
     config, dense = bert_mini()
     sparse = copy.deepcopy(dense)
+    if fsdp2:
+        dense, sparse = _fully_shard(dense), _fully_shard(sparse)
     pruning = Pruning(pruning_config(prune_type, pattern, preset.target, preset.start, preset.end, preset.frequency))
     pruning.on_train_begin(sparse)
     opt_dense = torch.optim.AdamW(dense.parameters(), lr=1e-5)
@@ -137,6 +156,40 @@ def one_run(preset: Preset, prune_type: str, pattern: str, seed: int) -> dict[st
         "steps": len(sparse_times),
         "sparsity": pruning.report().block_sparsity,
     }
+
+
+def _fsdp2_worker(rank: int, store: str, preset: Preset, runs: int, prune_type: str, pattern: str, out: str) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
+    try:
+        results = [one_run(preset, prune_type, pattern, seed, fsdp2=True) for seed in range(runs)]
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def fsdp2_table(preset: Preset, runs: int, prune_type: str, pattern: str) -> None:
+    """The ``small`` comparison with both models sharded by FSDP2 over 2 gloo processes."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as folder:
+        out = f"{folder}/results.pt"
+        args = (f"{folder}/store", preset, runs, prune_type, pattern, out)
+        mp.spawn(_fsdp2_worker, args=args, nprocs=2, join=True)
+        results = torch.load(out)
+    print(f"\nFSDP2, 2 gloo processes (1 thread each): {prune_type} {pattern}, {preset.steps} steps, interleaved")
+    rows = [
+        [i, 1e3 * r["dense"], 1e3 * r["pruned"], r["ratio"], 1e3 * r["hooks"], 1e3 * r["update_extra"], r["sparsity"]]
+        for i, r in enumerate(results)
+    ]
+    headers = ["run", "dense ms", "pruned ms", "ratio", "hooks ms", "update extra ms", "block sparsity"]
+    print(tabulate(rows, headers=headers, floatfmt=".4g"))
+    print(f"median ratio {statistics.median(r['ratio'] for r in results):.4f}")
 
 
 def cpu_table(name: str, preset: Preset, runs: int, prune_type: str, pattern: str) -> None:
@@ -295,7 +348,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="interleaved runs per CPU preset")
     parser.add_argument("--pattern", default="4x1")
     parser.add_argument("--prune-type", default="snip_momentum")
+    parser.add_argument("--fsdp2", action="store_true", help="the small preset under FSDP2, 2 gloo processes")
+    parser.add_argument("--steps", type=int, help="with --fsdp2: steps per run (default: the small preset's)")
     args = parser.parse_args()
+    if args.fsdp2:
+        preset = PRESETS["small"]
+        if args.steps:  # the same window and update count relative to the run
+            n = args.steps
+            preset = Preset(preset.batch, preset.seq, n, n // 10, 7 * n // 10, max(1, n // 24), preset.target, 1, 3)
+        fsdp2_table(preset, args.runs, args.prune_type, args.pattern)
+        return
     if args.preset == "gpu":
         gpu_benchmark(args.pattern)
         return

@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from pytorch_pruner import Pruning, PruningError
+from pytorch_pruner import Pruning, PruningError, StateError
+from pytorch_pruner.checkpoint import save_checkpoint
 
 WORLD = 2
 STEPS = 7
@@ -231,6 +232,12 @@ def _refusals() -> dict[str, str]:
     with pytest.raises(PruningError, match=r"layer up: its weight is a DTensor placed \(Shard\(dim=1\),\)") as err:
         Pruning({"prune_type": "magnitude", "pattern": "1x1"}).on_train_begin(tensor_parallel)
     out["tensor_parallel"] = str(err.value)
+    model = _shard(make_net())
+    pruning = Pruning(CONFIGS["magnitude"])
+    pruning.on_train_begin(model)
+    with pytest.raises(StateError, match=r"sharded by FSDP2 .* torch.distributed.checkpoint") as err:
+        save_checkpoint(os.devnull, model, None, pruning)
+    out["torch_save"] = str(err.value)
     return out
 
 
@@ -379,6 +386,7 @@ def test_layouts_that_cannot_be_pruned_shard_by_shard_are_refused_with_the_fix(r
     assert "world size" in refusals["straddle"] and "excluded" in refusals["straddle"]
     assert "excluded" in refusals["columns"]
     assert "tensor parallelism" in refusals["tensor_parallel"]
+    assert "dcp.save" in refusals["torch_save"]
 
 
 def test_dcp_resume_mid_pruning_is_bit_identical(ranks: list[dict[str, Any]]) -> None:

@@ -185,6 +185,12 @@ def _verify(path: Path) -> bool:
 def _check_same_model(model: nn.Module, pruning: Pruning, caller: str) -> None:
     """Refuse a *model* other than the one *pruning* works on (its masks would miss the weights)."""
     pruning.require_started(caller)
+    if any(p.comm is not None for p in pruning.pruners):
+        raise StateError(
+            f"{caller} writes one torch.save file, but this model is sharded by FSDP2 (each rank holds part of "
+            "the weights, masks and scores); save and load with torch.distributed.checkpoint instead: "
+            "dcp.save({'model': ..., 'optim': ..., 'pruning': pruning.state_dict()}) (see docs/distributed.md)"
+        )
     pruned = pruning.model
     if pruned is not None and unwrap_model(pruned) is not unwrap_model(model):
         raise StateError(

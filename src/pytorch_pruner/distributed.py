@@ -145,12 +145,12 @@ def check_sharded(name: str, kind: str, weight: Any, pattern: Pattern) -> str | 
             f"layer {name}: its weight is a DTensor placed {placements} on a {weight.device_mesh.ndim}-D mesh; "
             "only FSDP2's dim-0 shards over a 1-D mesh (placements (Shard(dim=0),), torch.distributed.fsdp."
             "fully_shard) are supported, not tensor parallelism or HSDP meshes. Shard with fully_shard on a 1-D "
-            "mesh, or leave the layer out (`excluded`)"
+            "mesh, or leave the layer out (`excluded_names`)"
         )
     if kind == "Conv1D":
         return (
             f"layer {name}: transformers' Conv1D stores [in, out], so FSDP2's dim-0 shards split its input "
-            "features, across the pattern's rows; leave it out (`excluded`) or train with DDP"
+            "features, across the pattern's rows; leave it out (`excluded_names`) or train with DDP"
         )
     block = row_block(pattern)
     rows = weight.shape[0]
@@ -159,7 +159,7 @@ def check_sharded(name: str, kind: str, weight: Any, pattern: Pattern) -> str | 
         return (
             f"layer {name}: pattern {pattern.name!r} prunes units that span every row of the weight, but FSDP2 "
             f"gives each of the {world} ranks only some rows; use an NxM, N:M or row-group pattern, leave the "
-            "layer out (`excluded`), or train with DDP"
+            "layer out (`excluded_names`), or train with DDP"
         )
     chunk = -(-rows // world)
     if chunk % block:
@@ -168,6 +168,6 @@ def check_sharded(name: str, kind: str, weight: Any, pattern: Pattern) -> str | 
             f"layer {name}: FSDP2 gives each of the {world} ranks {chunk} of its {rows} rows, and {chunk} is not "
             f"a multiple of the pattern {pattern.name!r}'s {block} rows, so blocks would straddle shards. Fix: a "
             f"world size whose shards hold whole blocks (e.g. {fits[:4] or 'none <= ' + str(2 * world)}), a "
-            f"block height dividing {chunk}, or leave the layer out (`excluded`)"
+            f"block height dividing {chunk}, or leave the layer out (`excluded_names`)"
         )
     return None

@@ -106,7 +106,7 @@ class Pruner:
                 raise PruningError(
                     f"{settings.path}: layers {whole} are whole on every rank while the others are sharded "
                     "(FSDP2); one ranking cannot mix them. Apply fully_shard to every module holding a "
-                    "pruned layer (and to the root), or leave those layers out (`excluded`)"
+                    "pruned layer (and to the root), or leave those layers out (`excluded_names`)"
                 )
             self.comm = ProcessGroupComm(sharded[0].target.shard.group)
         slots = [_slot(layer, self.pattern) for layer in self.layers]
