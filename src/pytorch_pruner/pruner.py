@@ -15,7 +15,7 @@ import torch
 
 from .config import PrunerSettings
 from .criteria import ScoreSlot
-from .distributed import ProcessGroupComm
+from .distributed import ProcessGroupComm, is_dtensor
 from .errors import PruningError, StateError
 from .patterns import NInM, NxM, Pattern
 from .selection import EPS, LayerUnits, select
@@ -156,6 +156,11 @@ class Pruner:
             if weight is self.criterion.slots[i].weight and layer.keep.device == weight.device:
                 continue
             moved = True
+            if layer.target.shard is None and is_dtensor(weight):
+                raise PruningError(
+                    f"{layer.name}.weight became a DTensor (sharded, e.g. by fully_shard) after on_train_begin; "
+                    "shard the model first, then call on_train_begin on the sharded model (docs/distributed.md)"
+                )
             if layer.keep.is_meta:
                 layer.keep = torch.ones(layer.keep.shape, dtype=torch.bool, device=weight.device)
             else:

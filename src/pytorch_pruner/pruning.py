@@ -195,41 +195,46 @@ class Pruning:
         claimed: set[str] = set()
         checker = WeightChecker(self._model)
         pruners = []
-        for s in settings:
-            targets = find_targets(self._model, s.prune_layer_type, s.names, s.excluded)
-            mine = [t for t in targets if t.name not in claimed]
-            taken = [t.name for t in targets if t.name in claimed]
-            if taken:
-                warnings.warn(
-                    f"{s.path}: layers already pruned by an earlier pruner are skipped here: {taken}",
-                    stacklevel=2,
+        try:
+            for s in settings:
+                targets = find_targets(self._model, s.prune_layer_type, s.names, s.excluded)
+                mine = [t for t in targets if t.name not in claimed]
+                taken = [t.name for t in targets if t.name in claimed]
+                if taken:
+                    warnings.warn(
+                        f"{s.path}: layers already pruned by an earlier pruner are skipped here: {taken}",
+                        stacklevel=2,
+                    )
+                claimed.update(t.name for t in mine)
+                if not mine:
+                    candidates = [t.name for t in prunable_layers(self._model, s.prune_layer_type)]
+                    warnings.warn(
+                        f"{s.path} selects no layer (types {list(s.prune_layer_type)}, names {list(s.names)}, "
+                        f"excluded {list(s.excluded)}); layers it could match: {candidates}",
+                        stacklevel=2,
+                    )
+                mine, left_dense = checker.split(
+                    mine, needs_grad=s.criterion.needs_grad, criterion=s.prune_type, names=s.names
                 )
-            claimed.update(t.name for t in mine)
-            if not mine:
-                candidates = [t.name for t in prunable_layers(self._model, s.prune_layer_type)]
-                warnings.warn(
-                    f"{s.path} selects no layer (types {list(s.prune_layer_type)}, names {list(s.names)}, "
-                    f"excluded {list(s.excluded)}); layers it could match: {candidates}",
-                    stacklevel=2,
-                )
-            mine, left_dense = checker.split(
-                mine, needs_grad=s.criterion.needs_grad, criterion=s.prune_type, names=s.names
-            )
-            _attach_shards(s.path or "pruner", mine, s.pattern)  # FSDP2: after the checks, which see whole weights
-            if left_dense:
-                reasons = "\n".join(f"  {name}: {reason}" for name, reason in left_dense)
-                warnings.warn(f"{s.path}: these layers stay dense (see report()):\n{reasons}", stacklevel=2)
-            pruner = Pruner(s, mine, skipped=left_dense)
-            coarse = pruner.too_coarse()
-            if coarse:
-                units = ", ".join(f"{name} ({n})" for name, n in coarse)
-                warnings.warn(
-                    f"{s.path}: target_sparsity {s.target_sparsity:g} prunes no unit of pattern {s.pattern.name!r} "
-                    f"in these layers (units in brackets; {s.prune_domain} ranking prunes floor(target x units)): "
-                    f"{units}; they will stay dense. Raise target_sparsity, use a finer pattern, or rank globally",
-                    stacklevel=2,
-                )
-            pruners.append(pruner)
+                _attach_shards(s.path or "pruner", mine, s.pattern)  # FSDP2: after the checks, which see whole weights
+                if left_dense:
+                    reasons = "\n".join(f"  {name}: {reason}" for name, reason in left_dense)
+                    warnings.warn(f"{s.path}: these layers stay dense (see report()):\n{reasons}", stacklevel=2)
+                pruner = Pruner(s, mine, skipped=left_dense)
+                coarse = pruner.too_coarse()
+                if coarse:
+                    units = ", ".join(f"{name} ({n})" for name, n in coarse)
+                    warnings.warn(
+                        f"{s.path}: target_sparsity {s.target_sparsity:g} prunes no unit of pattern {s.pattern.name!r} "
+                        f"in these layers (units in brackets; {s.prune_domain} ranking prunes floor(target x units)): "
+                        f"{units}; they will stay dense. Raise target_sparsity, use a finer pattern, or rank globally",
+                        stacklevel=2,
+                    )
+                pruners.append(pruner)
+        except BaseException:  # nothing half-built stays attached to the model
+            for pruner in pruners:
+                pruner.criterion.remove_hooks()
+            raise
         if not claimed:
             raise NoMatchingLayersError(_no_match_message(self._model, settings))
         groups = {id(p.comm.group): p.comm for p in pruners if p.comm is not None}
