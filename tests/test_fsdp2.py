@@ -301,17 +301,23 @@ def _resume_and_export(rank: int, folder: str) -> dict[str, Any]:
     _train(rank, first, range(SAVE_AFTER))
     model_state, optim_state = get_state_dict(first[0], first[2])
     dcp.save({"model": model_state, "optim": optim_state, "pruning": first[1].state_dict()}, checkpoint_id=folder)
+    own_file = os.path.join(folder, f"pruning.rank{rank}.pt")  # the other way: a file per rank (the Trainer's)
+    torch.save(first[1].state_dict(local=True), own_file)
     del first
-    second = _build()
-    model_state, optim_state = get_state_dict(second[0], second[2])
-    state = {"model": model_state, "optim": optim_state, "pruning": second[1].state_dict()}
-    dcp.load(state, checkpoint_id=folder)
-    set_state_dict(second[0], second[2], model_state_dict=state["model"], optim_state_dict=state["optim"])
-    second[1].load_state_dict(state["pruning"])
-    resumed_at = second[1].step
-    _train(rank, second, range(resumed_at, STEPS))
-    got = _gathered(second)
-    return {"want": want, "got": got, "resumed_at": resumed_at}
+    out: dict[str, Any] = {"want": want}
+    for way in ("dcp", "file per rank"):
+        second = _build()
+        model_state, optim_state = get_state_dict(second[0], second[2])
+        state = {"model": model_state, "optim": optim_state}
+        if way == "dcp":
+            state["pruning"] = second[1].state_dict()
+        dcp.load(state, checkpoint_id=folder)
+        set_state_dict(second[0], second[2], model_state_dict=state["model"], optim_state_dict=state["optim"])
+        second[1].load_state_dict(state["pruning"] if way == "dcp" else torch.load(own_file, weights_only=True))
+        out[f"resumed_at {way}"] = second[1].step
+        _train(rank, second, range(second[1].step, STEPS))
+        out[way] = _gathered(second)
+    return out
 
 
 def _worker(rank: int, store: str, out: str) -> None:
@@ -392,8 +398,8 @@ def test_layouts_that_cannot_be_pruned_shard_by_shard_are_refused_with_the_fix(r
 def test_dcp_resume_mid_pruning_is_bit_identical(ranks: list[dict[str, Any]]) -> None:
     for result in ranks:
         run = result["resume"]
-        want, got = run["want"], run["got"]
-        assert run["resumed_at"] == SAVE_AFTER and got["step"] == want["step"] == STEPS
+        want, got = run["want"], run["dcp"]
+        assert run["resumed_at dcp"] == SAVE_AFTER and got["step"] == want["step"] == STEPS
         assert want["masks"].keys() == got["masks"].keys() == {"conv", "fc1", "fc2", "head"}
         for name in want["masks"]:
             assert torch.equal(want["masks"][name], got["masks"][name]), name
@@ -415,3 +421,16 @@ def test_gathered_sparse_export_loads_into_a_dense_model(ranks: list[dict[str, A
     for name, p in dense.named_parameters():
         assert torch.equal(p.detach(), want["weights"][name]), name
     assert float((dense.fc2.weight == 0).float().mean()) >= 0.5
+
+
+def test_resume_from_a_plain_file_per_rank_is_bit_identical(ranks: list[dict[str, Any]]) -> None:
+    # Pruning.state_dict(local=True): this rank's parts as plain tensors (the Trainer callback's files)
+    for result in ranks:
+        run = result["resume"]
+        want, got = run["want"], run["file per rank"]
+        assert run["resumed_at file per rank"] == SAVE_AFTER
+        for a, b in zip(
+            [*want["masks"].values(), *want["state"]], [*got["masks"].values(), *got["state"]], strict=True
+        ):
+            assert torch.equal(a, b)
+        assert all(torch.equal(want["weights"][n], got["weights"][n]) for n in want["weights"])

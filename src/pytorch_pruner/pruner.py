@@ -279,12 +279,20 @@ class Pruner:
         rows, cols = layer.target.shape2d
         return layer.target.from_2d(self.pattern.expand(layer.keep, rows, cols))
 
-    def state_dict(self) -> dict[str, Any]:
+    def state_dict(self, local: bool = False) -> dict[str, Any]:
         """Masks, criterion state and sparsity. Under FSDP2 every tensor is a DTensor that
         ``torch.distributed.checkpoint`` saves and loads: masks and scores sharded as the weights
         (``Shard(0)`` of their whole shape), other criterion state (wanda's statistics of this rank's
-        inputs) one row per rank (``[world, ...]``, ``Shard(0)``)."""
+        inputs) one row per rank (``[world, ...]``, ``Shard(0)``); with *local*, this rank's parts
+        as plain tensors instead."""
         criterion = self.criterion.state_dict()
+        if local:
+            return {
+                "layers": [layer.name for layer in self.layers],
+                "masks": [layer.keep.clone() for layer in self.layers],
+                "criterion": criterion,
+                "current_sparsity": self.current_sparsity,
+            }
         if self.comm is not None:
             criterion = {key: [self._shared(i, t, key) for i, t in enumerate(ts)] for key, ts in criterion.items()}
         return {

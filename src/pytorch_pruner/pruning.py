@@ -365,8 +365,13 @@ class Pruning:
     remove = squash
 
     # -- state -----------------------------------------------------------------------------
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to resume: step, hook counters, masks, scores, and the config."""
+    def state_dict(self, *, local: bool = False) -> dict[str, Any]:
+        """Everything needed to resume: step, hook counters, masks, scores, and the config.
+
+        Under FSDP2 the tensors are DTensors sharded like the weights, for
+        ``torch.distributed.checkpoint`` (see docs/distributed.md); with ``local=True`` they are this
+        rank's parts as plain tensors instead (a file per rank, for ``torch.save``), which
+        :meth:`load_state_dict` on the same rank of the same world size accepts as well."""
         self.require_started("state_dict")
         return {
             "format": STATE_FORMAT,
@@ -374,7 +379,7 @@ class Pruning:
             "step": self.step,
             "pruned_at": self._pruned_at,
             "scored_at": self._scored_at,
-            "pruners": [p.state_dict() for p in self.pruners],
+            "pruners": [p.state_dict(local=local) for p in self.pruners],
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:

@@ -150,12 +150,23 @@ class PruningCallback(TrainerCallback):
         self.pruning.on_train_end()
 
     # -- checkpoints ------------------------------------------------------------------------
+    def _sharded(self) -> bool:
+        return any(p.comm is not None for p in self.pruning.pruners)
+
+    def _state_file(self) -> str:
+        """``pruning_state.pt``; under FSDP2, where each rank holds its own rows of the masks and
+        scores, ``pruning_state.rank<r>.pt`` per rank."""
+        if self._sharded():
+            return f"pruning_state.rank{torch.distributed.get_rank()}.pt"
+        return STATE_FILE
+
     def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any) -> None:
         """Write ``pruning_state.pt`` into the checkpoint folder the Trainer has just written.
 
-        Only the process that saves the Trainer's files writes it (every rank holds the same state).
+        Only the process that saves the Trainer's files writes it (every rank holds the same state);
+        under FSDP2 every rank writes its own part, ``pruning_state.rank<r>.pt``.
         """
-        if not args.should_save or not self.pruning.pruners:  # pruners exist once training began
+        if not self.pruning.pruners or not (args.should_save or self._sharded()):  # pruners exist once training began
             return
         folder = _checkpoint_folder(args, state)
         if not folder.is_dir():
@@ -167,8 +178,8 @@ class PruningCallback(TrainerCallback):
                 stacklevel=2,
             )
             return
-        state = self.pruning.state_dict()
-        atomic_write(folder / STATE_FILE, lambda tmp: torch.save(state, tmp))
+        state = self.pruning.state_dict(local=True)
+        atomic_write(folder / self._state_file(), lambda tmp: torch.save(state, tmp))
 
     def _state_file_candidates(self, args: TrainingArguments, state: TrainerState) -> list[Path]:
         places: list[str | os.PathLike[str]] = []
@@ -177,6 +188,9 @@ class PruningCallback(TrainerCallback):
         elif isinstance(args.resume_from_checkpoint, str):
             places.append(args.resume_from_checkpoint)
         places.append(_checkpoint_folder(args, state))
+        name = self._state_file()
+        if name != STATE_FILE:  # FSDP2: this rank's file in the folder given
+            return [(Path(p).parent if Path(p).suffix == ".pt" else Path(p)) / name for p in places]
         return [Path(p) if Path(p).suffix == ".pt" else Path(p) / STATE_FILE for p in places]
 
     def _resume(self, args: TrainingArguments, state: TrainerState) -> None:
