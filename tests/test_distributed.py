@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import torch
 import torch.distributed as dist
+from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from pytorch_pruner import Pruning, PruningError
@@ -147,3 +148,18 @@ def test_deepspeed_zero3_partitioned_parameters_are_refused_clearly() -> None:
     with pytest.raises(PruningError, match=message):
         pruning.on_train_begin(model)
     assert pruning.pruners == [] and {n: p.ds_shape for n, p in model.named_parameters()} == before
+
+
+def test_fsdp1_wrapped_models_are_refused_clearly() -> None:
+    # FSDP1 needs an accelerator to wrap; its wrapper class is recognised by name (simulated here)
+    class FullyShardedDataParallel(nn.Module):
+        def __init__(self, module: nn.Module) -> None:
+            super().__init__()
+            self.module = module
+
+    model = make_mlp()
+    model.fc2 = FullyShardedDataParallel(model.fc2)
+    pruning = Pruning({"prune_type": "magnitude", "pattern": "1x1"})
+    with pytest.raises(PruningError, match=r"fc2 is wrapped in FSDP1 .*fully_shard"):
+        pruning.on_train_begin(model)
+    assert pruning.pruners == []

@@ -67,6 +67,19 @@ def _refuse_zero3(model: nn.Module) -> None:
         )
 
 
+def _refuse_fsdp1(model: nn.Module) -> None:
+    """FSDP1 (``FullyShardedDataParallel``) keeps each rank's part of flattened parameters: the
+    layers' weights are 1-D slices there, not rows, so refuse before anything is built."""
+    wrapped = [n or "the model" for n, m in model.named_modules() if type(m).__name__ == "FullyShardedDataParallel"]
+    if wrapped:
+        raise PruningError(
+            f"{', '.join(wrapped[:5])} {'is' if len(wrapped) == 1 else 'are'} wrapped in FSDP1 "
+            "(FullyShardedDataParallel), whose flat parameters pytorch-pruner cannot prune; shard with FSDP2 "
+            "(torch.distributed.fsdp.fully_shard; accelerate: fsdp_version: 2) or use DistributedDataParallel "
+            "(see docs/distributed.md)"
+        )
+
+
 def _no_match_message(model: nn.Module, settings: list[Any]) -> str:
     """What each pruner searched, what the model holds, and how to fix the config."""
     searched = "; ".join(
@@ -167,6 +180,7 @@ class Pruning:
         if self._started:
             return
         _refuse_zero3(self._model)
+        _refuse_fsdp1(self._model)
         settings = self.config.resolved()
         for s in settings:
             if s.criterion.oneshot_only:
