@@ -198,6 +198,11 @@ FAMILIES: dict[str, Family] = {
         dense={"lm_head": "output embeddings"},
     ),
     "qwen2": Family(_llama_like("Qwen2Config", "Qwen2ForCausalLM"), lm, dense={"lm_head": "output embeddings"}),
+    "mistral": Family(
+        _llama_like("MistralConfig", "MistralForCausalLM", sliding_window=4),  # a window shorter than SEQ: it masks
+        lm,
+        dense={"lm_head": "output embeddings"},
+    ),
     "t5": Family(
         _quiet(
             lambda: T.T5ForConditionalGeneration(
@@ -249,6 +254,7 @@ SLIM: dict[str, str] = {
     "llama_tied": "slims",
     "llama": "slims",
     "qwen2": "slims",
+    "mistral": "slims",
     "t5": "refuses",
     "vit": "refuses",
 }
