@@ -105,6 +105,19 @@ def test_prune_domain_row_prunes_floor_s_units_per_row() -> None:
     assert ((w == 0).sum(dim=1) == math.floor(0.3 * w.shape[1])).all()
 
 
+@pytest.mark.parametrize(("sparsity", "groups"), [(0.5, 4), (0.25, 2)])
+def test_prune_domain_row_with_n_m_counts_weights(sparsity: float, groups: int) -> None:
+    # 2:4 groups zero 2 of their 4 weights: a row of 4 groups (16 weights) at s prunes floor(s * 16 / 2) groups
+    layer = LayerUnits(torch.arange(8.0).flip(0), unit_elements=2, numel=32, rows=2)
+    chosen = select_rows(layer, sparsity).reshape(2, 4)
+    assert chosen.sum(dim=1).tolist() == [groups, groups]
+    model = tiny_llama()
+    report = prune_oneshot_(model, cfg("wanda", "2:4", prune_domain="row"), calibration(), progress=False)
+    w = model.model.layers[0].mlp.down_proj.weight
+    assert ((w == 0).reshape(-1, 4).sum(dim=1) == 2).all()  # every group, as with local ranking
+    assert report.sparsity == 0.5
+
+
 # -- sparsegpt ---------------------------------------------------------------------------------
 def test_sparsegpt_matches_a_hand_computed_case() -> None:
     x = torch.tensor([[1.0, 1.0], [1.0, 0.0], [0.0, 1.0]])

@@ -472,8 +472,11 @@ def _ranks(scores: torch.Tensor) -> torch.Tensor:
 
 
 def select_rows(layer: LayerUnits, sparsity: float) -> torch.Tensor:
-    """Units to prune when each of the layer's ``rows`` prunes ``floor(s * its units)`` of its lowest
-    (ties to the lower index), within the layer's floor and cap. Returns a 1-D bool tensor.
+    """Units to prune when each of the layer's ``rows`` prunes its lowest units (ties to the lower
+    index) up to ``floor(s * its weights)`` weights, within the layer's floor and cap: ``floor(s *
+    its units)`` units when units tile the row (NxM, channels), ``floor(s * M/N * its groups)`` N:M
+    groups (a group zeroes N of its M weights, so 2:4 at 0.5 prunes every group). Returns a 1-D
+    bool tensor.
 
     Example:
         >>> layer = LayerUnits(torch.tensor([4., 1., 3., 2., 9., 8.]), unit_elements=1, numel=6, rows=2)
@@ -484,9 +487,11 @@ def select_rows(layer: LayerUnits, sparsity: float) -> torch.Tensor:
         return torch.zeros(0, dtype=torch.bool, device=layer.scores.device)
     scores = _clean(layer.scores).reshape(layer.rows, -1)
     per_row = scores.shape[1]
-    hi = math.floor(layer.max_sparsity * per_row + EPS)
-    lo = min(math.ceil(min(layer.min_sparsity, sparsity) * per_row - EPS), hi)
-    k = min(max(math.floor(sparsity * per_row + EPS), lo, 0), hi)
+    # a row's weights over the weights its units zero: per_row for patterns that tile, per_row * M/N for N:M
+    capacity = per_row * layer.numel / (layer.units * layer.unit_elements)
+    hi = min(math.floor(layer.max_sparsity * capacity + EPS), per_row)
+    lo = min(math.ceil(min(layer.min_sparsity, sparsity) * capacity - EPS), hi)
+    k = min(max(math.floor(sparsity * capacity + EPS), lo, 0), hi)
     chosen = torch.zeros_like(scores, dtype=torch.bool)
     if k > 0:
         order = torch.sort(scores, dim=1, stable=True).indices[:, :k]
