@@ -7,38 +7,51 @@ Not a test: it trains a small language model (once, cached) and prints a table.
   read with ``ast`` by ``benchmarks/quality.py`` (nothing is imported), markup removed. Real
   technical English with code snippets, written by many people. 1 text in 20 (by a hash of the
   text, so the same on every machine with the same package versions) is held out for perplexity.
-* **Tokenizer**: byte-level BPE trained with ``tokenizers`` on the training texts.
-* **Model**: a Llama (``LlamaForCausalLM``, transformers) trained from scratch here: hidden 256,
-  4 layers, 4 query heads and 2 key/value heads (grouped-query attention), SwiGLU FFN 512 wide,
-  untied ``lm_head``. The trained model is cached in ``--cache_dir`` (reruns skip training).
-* **One-shot** (each in its own process, so wall time and memory are its own): 128 calibration
-  sequences of 128 training tokens (the same for every method), every ``Linear`` of the decoder
-  blocks pruned (q, k, v, o, gate, up, down; ``lm_head`` and embeddings stay dense), 50%
-  unstructured and 2:4. Ours: ``prune_oneshot_`` with ``magnitude`` (per layer), ``wanda`` (per
-  output row), ``sparsegpt``, and OWL (λ 0.08, M 5) on wanda and sparsegpt at 50%. The reference:
-  llm-compressor's ``SparseGPTModifier`` and ``WandaPruningModifier`` through its ``oneshot``
-  (sequential pipeline, same targets, same calibration tokens), run by the Python of a separate
-  venv (``--llmcompressor_python``) so its dependencies leave this one alone.
+* **Tokenizer**: byte-level BPE (1024 tokens with ``<pad> <s> </s>``) trained with ``tokenizers``
+  on the training texts; each text is followed by ``</s>``, all are concatenated and cut into
+  blocks of 64 tokens.
+* **Model** (the defaults): a Llama (``LlamaForCausalLM``, transformers) trained from scratch here:
+  hidden 128, 4 layers, 4 query heads and 2 key/value heads (grouped-query attention, head dim
+  32), SwiGLU FFN 384 wide, vocabulary 1024, context 64, untied ``lm_head``: 1.05M parameters.
+  Training: 1200 AdamW steps (lr 3e-3, betas 0.9/0.95, weight decay 0.1, 5% warm-up then cosine,
+  gradient clipping 1.0) of 16 random blocks (1.23M tokens, under a fifth of one epoch). The model
+  and ``trained.json`` (steps, seconds, held-out perplexity) are cached in ``--cache_dir/model``:
+  reruns skip training.
+* **Held-out perplexity**: the first 1024 held-out blocks (65536 tokens, ``--eval_blocks``), the
+  same for every row.
+* **One-shot** (each in its own process, so wall time and memory are its own; 1 torch thread,
+  ``--threads``): 128 calibration sequences of 64 training tokens (the same for every method, in
+  batches of 16), every ``Linear`` of the decoder blocks pruned (q, k, v, o, gate, up, down;
+  ``lm_head`` and embeddings stay dense), 50% unstructured and 2:4. Ours: ``prune_oneshot_`` with
+  ``magnitude`` (per layer), ``wanda`` (per output row), ``sparsegpt``, and OWL (λ 0.08, M 5) on
+  wanda and sparsegpt at 50%. The reference: llm-compressor's ``SparseGPTModifier`` and
+  ``WandaPruningModifier`` through its ``oneshot`` (sequential pipeline, same targets, same
+  calibration tokens), run by the Python of a separate venv (``--llmcompressor_python``) so its
+  dependencies (it pins ``transformers<=5.17``) leave this one alone.
 * **Columns**: held-out perplexity; one-shot wall time (the whole ``prune_oneshot_`` /
   ``oneshot`` call, model already loaded); peak resident memory of the process above its level
   with the dense model and calibration data loaded (``/proc/self/status`` VmHWM after resetting
   it through ``/proc/self/clear_refs``; on CUDA: peak allocated above allocated).
-* **Fine-tuning**: each of our pruned models then trains a fixed budget (``--finetune_steps``
-  optimizer steps) with ``prune_type: pattern_lock`` (the zeros stay) and the loss
+* **Fine-tuning**: each of our pruned models then trains a fixed budget (``--finetune_steps`` 100
+  AdamW steps of 8 blocks, lr 3e-4) with ``prune_type: pattern_lock`` (the zeros stay) and the loss
   ``CE + T²·KL(teacher ‖ student)`` (T = 2) against the dense model; the table adds the perplexity
-  after and the share of the one-shot gap to dense that fine-tuning closed.
+  after and the share of the one-shot gap to dense that fine-tuning closed. The dense row's
+  fine-tuned perplexity is the control: the dense model after the same fine-tuning (without
+  pruning), since more training alone may lower the perplexity of a small, briefly trained model.
 
 Run::
 
+    make install                                  # .venv: torch, transformers, tokenizers, the docstring libraries
     python -m venv .venv-llmc && .venv-llmc/bin/pip install -c constraints.txt llmcompressor==0.14.0.1
-    python benchmarks/llm_oneshot.py --cache_dir runs/llm     # trains once (cached), then the table
-    python benchmarks/llm_oneshot.py --cache_dir runs/llm --methods sparsegpt --patterns 2:4  # one row
+    .venv/bin/python benchmarks/llm_oneshot.py    # trains once into runs/llm_small (cached), then the table
+    .venv/bin/python benchmarks/llm_oneshot.py --methods sparsegpt --patterns 2:4 --finetune_steps 0  # one row
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import hashlib
 import json
 import math
@@ -170,7 +183,23 @@ def prepare(args: argparse.Namespace) -> dict[str, Any]:
     if not (model_dir / "trained.json").is_file():
         train_dense(info, args)
     info["trained"] = json.loads((model_dir / "trained.json").read_text())
+    cached, wanted = info["trained"].get("config"), training_config(args)
+    if cached != wanted:
+        diff = {
+            k: (cached.get(k) if cached else None, v) for k, v in wanted.items() if not cached or cached.get(k) != v
+        }
+        raise SystemExit(
+            f"{model_dir} holds a model trained with other settings (cached, asked for): {diff}; pass another "
+            "--cache_dir to train one with these settings, or the cached settings to use it"
+        )
     return info
+
+
+def training_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings that make the trained model (a cached model is used only if they match)."""
+    keys = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
+    keys += ("block_size", "train_steps", "train_batch_size", "train_lr", "seed")
+    return {k: getattr(args, k) for k in keys}
 
 
 def train_dense(info: dict[str, Any], args: argparse.Namespace) -> None:
@@ -208,6 +237,7 @@ def train_dense(info: dict[str, Any], args: argparse.Namespace) -> None:
         "tokens_seen": args.train_steps * args.train_batch_size * args.block_size,
         "seconds": round(seconds),
         "test_perplexity": ppl,
+        "config": training_config(args),
     }
     (info["model_dir"] / "trained.json").write_text(json.dumps(record, indent=2) + "\n")
     print(f"trained in {seconds:.0f} s, held-out perplexity {ppl:.2f}", flush=True)
@@ -417,9 +447,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     # one-shot, evaluation, fine-tuning
     parser.add_argument("--calibration_samples", type=int, default=128)
     parser.add_argument("--calibration_batch_size", type=int, default=16)
-    parser.add_argument("--eval_blocks", type=int, default=128, help="held-out blocks of block_size tokens")
+    parser.add_argument("--eval_blocks", type=int, default=1024, help="held-out blocks of block_size tokens")
     parser.add_argument("--eval_batch_size", type=int, default=32)
-    parser.add_argument("--finetune_steps", type=int, default=16)
+    parser.add_argument("--finetune_steps", type=int, default=100)
     parser.add_argument("--finetune_batch_size", type=int, default=8)
     parser.add_argument("--finetune_lr", type=float, default=3e-4)
     parser.add_argument("--distill_loss_weight", type=float, default=1.0)
@@ -466,6 +496,13 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     dense_ppl = perplexity(dense, info["test"].to(args.device), args.eval_batch_size)
     rows: list[dict[str, Any]] = [{"method": "dense", "pattern": "-", "perplexity": dense_ppl}]
     print(f"dense perplexity {dense_ppl:.3f}", flush=True)
+    if args.finetune_steps > 0:
+        # the control: the same fine-tuning of the dense model (more training alone may lower perplexity)
+        control = copy.deepcopy(dense).requires_grad_(True)
+        finetune(control, dense, info["finetune_pool"].to(args.device), args)
+        rows[0]["finetuned"] = perplexity(control, info["test"].to(args.device), args.eval_batch_size)
+        del control
+        print(json.dumps(rows[0]), flush=True)
     work = Path(args.cache_dir) / "pruned"
     for pattern in patterns:
         sparsity = 0.5 if pattern != "unstructured" else args.sparsity
