@@ -325,6 +325,35 @@ def _resume_and_export(rank: int, folder: str) -> dict[str, Any]:
     return out
 
 
+def _lightning_state(rank: int, folder: str) -> dict[str, bool]:
+    """The Lightning callback's checkpoint entry under FSDP2 (written by rank 0 alone, as Lightning
+    does) restores every rank's own rows."""
+    from pytorch_pruner.integrations.lightning import PruningCallback
+
+    run = _build()
+    _train(rank, run, range(SAVE_AFTER))
+    checkpoint: dict[str, Any] = {}
+    PruningCallback(run[1]).on_save_checkpoint(None, None, checkpoint)  # type: ignore[arg-type]
+    path = os.path.join(folder, "lightning.ckpt")
+    if rank == 0:
+        torch.save(checkpoint, path)
+    dist.barrier()
+    fresh = _build()
+    PruningCallback(fresh[1]).on_load_checkpoint(None, None, torch.load(path, weights_only=False))  # type: ignore[arg-type]
+    want, got = run[1].state_dict(local=True), fresh[1].state_dict(local=True)
+    tensors = [
+        (a, b)
+        for p, q in zip(want["pruners"], got["pruners"], strict=True)
+        for key in ("masks", *p["criterion"])
+        for a, b in zip(
+            p[key] if key == "masks" else p["criterion"][key],
+            q[key] if key == "masks" else q["criterion"][key],
+            strict=True,
+        )
+    ]
+    return {"same": got["step"] == SAVE_AFTER and bool(tensors) and all(torch.equal(a, b) for a, b in tensors)}
+
+
 def _worker(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
@@ -335,6 +364,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         result["overflow"] = _overflow_on_one_rank(rank)
         result["refusals"] = _refusals()
         result["resume"] = _resume_and_export(rank, out)
+        result["lightning"] = _lightning_state(rank, out)
         result["folder"] = out
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -440,3 +470,7 @@ def test_resume_from_a_plain_file_per_rank_is_bit_identical(ranks: list[dict[str
         ):
             assert torch.equal(a, b)
         assert all(torch.equal(want["weights"][n], got["weights"][n]) for n in want["weights"])
+
+
+def test_lightning_checkpoint_entry_restores_each_ranks_rows(ranks: list[dict[str, Any]]) -> None:
+    assert [r["lightning"]["same"] for r in ranks] == [True, True]

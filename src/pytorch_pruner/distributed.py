@@ -108,10 +108,10 @@ class WeightShard:
         sharded like the weight: on its mesh, ``Shard(0)``."""
         from torch.distributed.tensor import DTensor
 
-        shape = tuple(shape)
-        stride = tuple(math.prod(shape[i + 1 :]) for i in range(len(shape)))
+        size = torch.Size(shape)
+        stride = tuple(math.prod(size[i + 1 :]) for i in range(len(size)))
         return DTensor.from_local(
-            local, self.param.device_mesh, self.param.placements, run_check=False, shape=shape, stride=stride
+            local, self.param.device_mesh, self.param.placements, run_check=False, shape=size, stride=stride
         )
 
 

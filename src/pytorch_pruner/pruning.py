@@ -258,7 +258,7 @@ class Pruning:
                 "layer over one 1-D mesh"
             )
         #: under FSDP2: the ranks that must agree on each step's finiteness (one all-reduce per step)
-        self._comm: ProcessGroupComm | None = next(iter(groups.values()), None)
+        self._comm = next(iter(groups.values()), None)
         self.pruners = pruners
         self._started = True
 

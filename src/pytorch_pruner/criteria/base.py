@@ -77,7 +77,7 @@ class ScoreSlot:
         if self.param is None:
             return self.weight.grad
         grad = self.param.grad
-        return None if grad is None else grad.to_local()
+        return None if grad is None else grad.to_local()  # type: ignore[attr-defined]  # a DTensor
 
     @property
     def reduced(self) -> bool:
