@@ -354,6 +354,29 @@ def _lightning_state(rank: int, folder: str) -> dict[str, bool]:
     return {"same": got["step"] == SAVE_AFTER and bool(tensors) and all(torch.equal(a, b) for a, b in tensors)}
 
 
+def _wanda_scores(rank: int) -> dict[str, Any]:
+    """wanda's scores of each rank's rows, from its inputs' statistics all-reduced over the ranks,
+    against one process that saw every rank's batch."""
+    config = {"prune_type": "wanda", "pattern": "1x1", "start_step": 1, "end_step": 1, "target_sparsity": 0.5}
+    config["prune_layer_type"] = ["Linear", "Conv1d"]
+    model = _shard(make_net())
+    pruning = Pruning(config)
+    pruning.on_train_begin(model)
+    ref_model = make_net()
+    ref = Pruning(config)
+    ref.on_train_begin(ref_model)
+    with torch.no_grad():
+        model(_batch(rank, 0))
+        for r in range(WORLD):
+            ref_model(_batch(r, 0))
+    layers = pruning.pruners[0].layers
+    ours, theirs = pruning.pruners[0].criterion.scores(), ref.pruners[0].criterion.scores()
+    gathered = [
+        layer.target.shard.dtensor(o, t.shape).full_tensor() for layer, o, t in zip(layers, ours, theirs, strict=True)
+    ]
+    return {"gathered": gathered, "reference": theirs}
+
+
 def _worker(rank: int, store: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
@@ -365,6 +388,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         result["refusals"] = _refusals()
         result["resume"] = _resume_and_export(rank, out)
         result["lightning"] = _lightning_state(rank, out)
+        result["wanda"] = _wanda_scores(rank)
         result["folder"] = out
         torch.save(result, os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -474,3 +498,11 @@ def test_resume_from_a_plain_file_per_rank_is_bit_identical(ranks: list[dict[str
 
 def test_lightning_checkpoint_entry_restores_each_ranks_rows(ranks: list[dict[str, Any]]) -> None:
     assert [r["lightning"]["same"] for r in ranks] == [True, True]
+
+
+def test_wanda_scores_use_every_ranks_inputs(ranks: list[dict[str, Any]]) -> None:
+    # the statistics are summed in another order than one process's running mean: equal to rounding
+    for result in ranks:
+        for ours, theirs in zip(result["wanda"]["gathered"], result["wanda"]["reference"], strict=True):
+            torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-7)
+        assert len(result["wanda"]["gathered"]) == 4
