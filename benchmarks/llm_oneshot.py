@@ -32,8 +32,8 @@ Not a test: it trains a small language model (once, cached) and prints a table.
   ``oneshot`` call, model already loaded); peak resident memory of the process above its level
   with the dense model and calibration data loaded (``/proc/self/status`` VmHWM after resetting
   it through ``/proc/self/clear_refs``; on CUDA: peak allocated above allocated).
-* **Fine-tuning**: each of our pruned models then trains a fixed budget (``--finetune_steps`` 100
-  AdamW steps of 8 blocks, lr 3e-4) with ``prune_type: pattern_lock`` (the zeros stay) and the loss
+* **Fine-tuning**: each of our pruned models then trains a fixed budget (``--finetune_steps`` 200
+  AdamW steps of 8 blocks, lr 1e-4) with ``prune_type: pattern_lock`` (the zeros stay) and the loss
   ``CE + T²·KL(teacher ‖ student)`` (T = 2) against the dense model; the table adds the perplexity
   after and the share of the one-shot gap to dense that fine-tuning closed. The dense row's
   fine-tuned perplexity is the control: the dense model after the same fine-tuning (without
@@ -449,9 +449,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--calibration_batch_size", type=int, default=16)
     parser.add_argument("--eval_blocks", type=int, default=1024, help="held-out blocks of block_size tokens")
     parser.add_argument("--eval_batch_size", type=int, default=32)
-    parser.add_argument("--finetune_steps", type=int, default=100)
+    parser.add_argument("--finetune_steps", type=int, default=200)
     parser.add_argument("--finetune_batch_size", type=int, default=8)
-    parser.add_argument("--finetune_lr", type=float, default=3e-4)
+    parser.add_argument("--finetune_lr", type=float, default=1e-4)
     parser.add_argument("--distill_loss_weight", type=float, default=1.0)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
