@@ -194,6 +194,46 @@ def _fsdp_masks(kind: str, rank: int) -> dict[str, torch.Tensor]:
     return {k: v.full_tensor() for k, v in pruning.masks().items()}
 
 
+def _collectives_in_hooks(rank: int) -> list[int]:
+    """How many collectives the three hooks of each ordinary (not pruning) step issue together."""
+    model = _shard(make_net())
+    pruning = Pruning(CONFIGS["snip"])  # snip_momentum scores every step; masks change at step 3 first
+    pruning.on_train_begin(model)
+    names = ("all_reduce", "all_gather", "all_gather_into_tensor", "reduce_scatter_tensor", "broadcast", "barrier")
+    originals = {name: getattr(dist, name) for name in names}
+    calls: list[str] = []
+
+    def counting(name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            calls.append(name)
+            return originals[name](*args, **kwargs)
+
+        return call
+
+    counts = []
+    for step in range(4):
+        calls.clear()
+        for name in names:
+            setattr(dist, name, counting(name))
+        try:
+            pruning.on_step_begin(step)
+        finally:
+            for name in names:
+                setattr(dist, name, originals[name])
+        model(_batch(rank, step)).pow(2).mean().backward()  # FSDP2's own collectives: not counted
+        for name in names:
+            setattr(dist, name, counting(name))
+        try:
+            pruning.on_before_optimizer_step()
+            pruning.on_after_optimizer_step()
+        finally:
+            for name in names:
+                setattr(dist, name, originals[name])
+        model.zero_grad()
+        counts.append(len(calls))
+    return counts
+
+
 def _overflow_on_one_rank(rank: int) -> dict[str, Any]:
     """An inf in rank 1's gradient rows only: every rank must skip the step's score update."""
     model = _shard(make_net())
@@ -385,6 +425,7 @@ def _worker(rank: int, store: str, out: str) -> None:
         result["fsdp_snip"] = _fsdp_masks("snip", rank)
         result["ddp_snip"] = _ddp_masks("snip", rank)
         result["overflow"] = _overflow_on_one_rank(rank)
+        result["collectives"] = _collectives_in_hooks(rank)
         result["refusals"] = _refusals()
         result["resume"] = _resume_and_export(rank, out)
         result["lightning"] = _lightning_state(rank, out)
@@ -440,6 +481,14 @@ def test_snip_masks_match_a_ddp_run(ranks: list[dict[str, Any]]) -> None:
             assert int(fsdp[name].sum()) == int(ddp[name].sum()), name
         same = sum(int((fsdp[n] == ddp[n]).sum()) for n in fsdp)
         assert same / sum(m.numel() for m in fsdp.values()) >= 0.999
+
+
+def test_an_ordinary_step_costs_one_tiny_all_reduce(ranks: list[dict[str, Any]]) -> None:
+    # steps 0-2 only score (1 all-reduce of the finiteness flag; step 1's target sparsity is 0);
+    # step 3 selects masks (selection's counts and histograms on top)
+    for result in ranks:
+        assert result["collectives"][:3] == [1, 1, 1]
+        assert result["collectives"][3] > 1
 
 
 def test_a_non_finite_gradient_on_one_rank_skips_the_step_on_all(ranks: list[dict[str, Any]]) -> None:
