@@ -163,3 +163,13 @@ def test_fsdp1_wrapped_models_are_refused_clearly() -> None:
     with pytest.raises(PruningError, match=r"fc2 is wrapped in FSDP1 .*fully_shard"):
         pruning.on_train_begin(model)
     assert pruning.pruners == []
+
+
+def test_a_state_gathered_from_fsdp2_ranks_needs_as_many_ranks() -> None:
+    from pytorch_pruner import StateError
+    from pytorch_pruner.distributed import own_state
+
+    plain = {"format": 1}
+    assert own_state(plain) is plain  # states of unsharded runs pass through
+    with pytest.raises(StateError, match=r"saved by 2 FSDP2 ranks, this run has 1; resume on 2 ranks"):
+        own_state({"ranks": [plain, plain]})

@@ -21,8 +21,17 @@ from .selection import Comm
 
 if TYPE_CHECKING:
     from .patterns import Pattern
+    from .pruning import Pruning
 
-__all__ = ["ProcessGroupComm", "WeightShard", "check_sharded", "is_dtensor", "row_block"]
+__all__ = [
+    "ProcessGroupComm",
+    "WeightShard",
+    "check_sharded",
+    "gathered_state_dict",
+    "is_dtensor",
+    "own_state",
+    "row_block",
+]
 
 
 class ProcessGroupComm(Comm):
@@ -171,3 +180,46 @@ def check_sharded(name: str, kind: str, weight: Any, pattern: Pattern) -> str | 
             f"block height dividing {chunk}, or leave the layer out (`excluded_names`)"
         )
     return None
+
+
+# -- a pruning state in one file written by one rank ---------------------------------------------
+def gathered_state_dict(pruning: Pruning) -> dict[str, Any]:
+    """``pruning.state_dict()`` for a checkpoint that one rank writes alone (Lightning's callback
+    state): under FSDP2 every rank's ``state_dict(local=True)`` (on the CPU) gathered into
+    ``{"ranks": [...]}`` -- a collective, call it on every rank; :func:`own_state` picks a rank's
+    part back. Without sharded layers, the plain state."""
+    if not any(p.comm is not None for p in pruning.pruners):
+        return pruning.state_dict()
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, _to_cpu(pruning.state_dict(local=True)))
+    return {"ranks": parts}
+
+
+def own_state(state: Any) -> Any:
+    """This rank's part of a :func:`gathered_state_dict` saved under FSDP2; other states as they are.
+
+    Raises:
+        StateError: the state was saved by another number of ranks.
+    """
+    if not isinstance(state, dict) or set(state) != {"ranks"}:
+        return state
+    from .errors import StateError
+
+    parts = state["ranks"]
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if not isinstance(parts, list) or len(parts) != world:
+        saved = len(parts) if isinstance(parts, list) else "?"
+        raise StateError(
+            f"the pruning state was saved by {saved} FSDP2 ranks, this run has {world}; resume on {saved} ranks"
+        )
+    return parts[dist.get_rank() if world > 1 else 0]
+
+
+def _to_cpu(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from ..distributed import gathered_state_dict, own_state
 from ..errors import StateError
 from . import ConfigOrPruning, as_pruning, missing_extra, reused_error
 
@@ -135,16 +136,8 @@ class PruningCallback(pl.Callback):
         dict from rank 0 alone: every rank's ``state_dict(local=True)`` is gathered into it (a
         collective, as Lightning calls this hook on every rank), under ``{"ranks": [...]}``.
         """
-        if not self.pruning.pruners:  # nothing to save before training began
-            return
-        if any(p.comm is not None for p in self.pruning.pruners):
-            import torch.distributed as dist
-
-            parts: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(parts, _to_cpu(self.pruning.state_dict(local=True)))
-            checkpoint[CHECKPOINT_KEY] = {"ranks": parts}
-        else:
-            checkpoint[CHECKPOINT_KEY] = self.pruning.state_dict()
+        if self.pruning.pruners:  # nothing to save before training began
+            checkpoint[CHECKPOINT_KEY] = gathered_state_dict(self.pruning)
 
     def on_load_checkpoint(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]
@@ -157,35 +150,8 @@ class PruningCallback(pl.Callback):
         state = checkpoint.get(CHECKPOINT_KEY)
         if state is None:
             return  # on_train_start reports a resume without state, once it knows the step
-        state = _own_part(state)
+        state = own_state(state)
         if self.pruning.pruners:
             self.pruning.load_state_dict(state)
         else:
             self._pending = state
-
-
-def _to_cpu(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.cpu()
-    if isinstance(value, dict):
-        return {k: _to_cpu(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_to_cpu(v) for v in value]
-    return value
-
-
-def _own_part(state: Any) -> Any:
-    """This rank's part of a state saved under FSDP2 (``{"ranks": [...]}``); other states as they are."""
-    if not isinstance(state, Mapping) or set(state) != {"ranks"}:
-        return state
-    import torch.distributed as dist
-
-    parts = state["ranks"]
-    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    if not isinstance(parts, list) or len(parts) != world:
-        saved = len(parts) if isinstance(parts, list) else "?"
-        raise StateError(
-            f"the checkpoint's pruning state was saved by {saved} FSDP2 ranks, this run has {world}; resume on "
-            f"{saved} ranks"
-        )
-    return parts[dist.get_rank()]
