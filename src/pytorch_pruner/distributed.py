@@ -80,6 +80,22 @@ def is_dtensor(tensor: object) -> bool:
     return isinstance(tensor, DTensor)
 
 
+def refuse_sharded(model: torch.nn.Module, what: str) -> None:
+    """Raise ``PruningError`` if *model* holds sharded (DTensor) parameters: *what* (one-shot
+    pruning, slimming) needs every weight whole in one process."""
+    sharded = [name for name, p in model.named_parameters() if is_dtensor(p)]
+    if sharded:
+        from .errors import PruningError
+
+        shown = ", ".join(sharded[:5]) + (f" and {len(sharded) - 5} more" if len(sharded) > 5 else "")
+        raise PruningError(
+            f"{what} needs whole weights, but parameters of this model are sharded (DTensor, e.g. by "
+            f"fully_shard): {shown}. Gather the model first (e.g. get_model_state_dict(model, options="
+            "StateDictOptions(full_state_dict=True)) from torch.distributed.checkpoint.state_dict, loaded "
+            f"into an unsharded copy on one rank), then call {what} on that copy"
+        )
+
+
 @dataclass(eq=False)
 class WeightShard:
     """This rank's rows of a weight that FSDP2 (``fully_shard``) holds as a DTensor sharded

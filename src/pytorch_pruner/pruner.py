@@ -111,6 +111,8 @@ class Pruner:
             self.comm = ProcessGroupComm(sharded[0].target.shard.group)
         slots = [_slot(layer, self.pattern) for layer in self.layers]
         self.criterion = settings.criterion(slots)
+        if self.comm is not None:  # input statistics are summed over the weights' mesh, not the world
+            self.criterion.group = self.comm.group
         #: the sparsity the masks were last computed for
         self.current_sparsity = 0.0
         self._masked = False  # whether any mask has a False: until then applying is a no-op

@@ -60,12 +60,13 @@ class ActivationStats:
         self.mean_sq.mul_((self.count / total).float()).add_(flat.pow(2).sum(0).div_(total.float()))
         self.count.copy_(total)
 
-    def mean(self) -> torch.Tensor:
-        """The mean of x² per feature, over all ranks when torch.distributed is initialised."""
+    def mean(self, group: Any = None) -> torch.Tensor:
+        """The mean of x² per feature, over the ranks of *group* (None: the default group) when
+        torch.distributed is initialised."""
         if not _distributed():
             return self.mean_sq.clone()
         both = torch.cat([self.mean_sq.double() * self.count, self.count.reshape(1)])
-        torch.distributed.all_reduce(both)
+        torch.distributed.all_reduce(both, group=group)
         return (both[:-1] / both[-1].clamp_min(1)).float()
 
     def reset_(self) -> None:
@@ -97,13 +98,14 @@ class HessianStats:
         self.h.addmm_(x.t(), x)
         self.count.copy_(total)
 
-    def hessian(self) -> torch.Tensor:
+    def hessian(self, group: Any = None) -> torch.Tensor:
+        """H over the ranks of *group* (None: the default group) when torch.distributed is initialised."""
         if not _distributed():
             return self.h.clone()
         h = self.h.double() * self.count
         count = self.count.clone()
-        torch.distributed.all_reduce(h)
-        torch.distributed.all_reduce(count)
+        torch.distributed.all_reduce(h, group=group)
+        torch.distributed.all_reduce(count, group=group)
         return (h / count.clamp_min(1)).float()
 
 
@@ -203,7 +205,7 @@ class Wanda(_InputCriterion):
                     "wanda has seen no input of a layer it prunes: run forwards before the pruning step "
                     "(during training: start_step >= 1; one-shot: give calibration batches)"
                 )
-            norm = stats.mean().sqrt()
+            norm = stats.mean(self.group).sqrt()
             if not bool(torch.isfinite(norm).all()):
                 warnings.warn("wanda: inf/NaN in the input statistics of a layer; those inputs score 0", stacklevel=2)
                 norm = torch.nan_to_num(norm, nan=0.0, posinf=0.0)

@@ -145,6 +145,9 @@ class Criterion(ABC):
     oneshot_only: ClassVar[bool] = False
     #: True when the mask is fixed once at on_train_begin (pattern_lock) and never recomputed
     fixed_mask: ClassVar[bool] = False
+    #: the process group that input statistics are summed over: the sharded weights' mesh under
+    #: FSDP2 (set by the pruner); None: the default group, when torch.distributed is initialised
+    group: Any = None
 
     @classmethod
     def check_settings(cls, pattern: Pattern, prune_domain: str) -> str | None:

@@ -17,6 +17,7 @@ from torch import nn
 from ..config import PrunerSettings, PruningConfig, load_config
 from ..criteria import Wanda
 from ..criteria.activation import HessianStats
+from ..distributed import refuse_sharded
 from ..errors import ConfigError, NoMatchingLayersError, PruningError
 from ..pruner import Pruner
 from ..targets import Target, WeightChecker, find_targets, prunable_layers, unwrap_model
@@ -377,6 +378,7 @@ def prune_oneshot_(
         (0.5, 8)
     """
     started = time.perf_counter()
+    refuse_sharded(model, "prune_oneshot_")
     settings = _settings(load_config(config))
     targets, checked_out = _targets(model, settings)
     if checked_out:

@@ -18,6 +18,7 @@ import warnings
 
 from torch import nn
 
+from ..distributed import refuse_sharded
 from ..targets import unwrap_model
 from . import bert, decoder  # noqa: F401  (they register the families' slimmers)
 from .channels import slim_sequential_, slim_traced_
@@ -71,6 +72,7 @@ def slim_(model: nn.Module, *, exact: bool = True, uniform: bool = False, unifor
     # a torch.compile / DDP wrapper only holds the model: slim what it holds (the wrapper's compiled
     # graphs are for the old shapes; call the slimmed model, or compile it again)
     model = unwrap_model(model)
+    refuse_sharded(model, "slim_")
     parts = _transformers_models(model)
     if parts:
         # plan every part before cutting any: a refusal of one leaves all unchanged
