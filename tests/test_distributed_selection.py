@@ -49,6 +49,16 @@ def cases(big: bool = True) -> list[tuple[list[LayerUnits], float, str]]:
     return out
 
 
+#: (with the big case, selection's settings (_DIRECT, _SAMPLE, _CHUNK, _BAND_SHARE) or None: defaults):
+#: the defaults; whole parts rescanned each round; the units inside the bracket kept and the masks
+#: completed from the bracketing pass (ties split across the ranks included)
+MODES: list[tuple[bool, tuple[int, int, int, float] | None]] = [
+    (True, None),
+    (False, (0, 4, 3, 0.0)),
+    (True, (0, 1 << 20, 997, 1.0)),
+]
+
+
 def _worker(rank: int, store: str, out: str) -> None:
     from pytorch_pruner.distributed import ProcessGroupComm
 
@@ -57,10 +67,10 @@ def _worker(rank: int, store: str, out: str) -> None:
     try:
         comm = ProcessGroupComm()
         results = []
-        for small in (False, True):
-            if small:  # the large-input machinery on small inputs: sample, chunks, rescans
-                selection._DIRECT, selection._SAMPLE, selection._CHUNK, selection._BAND_SHARE = 0, 4, 3, 0.0
-            for c, (layers, s, domain) in enumerate(cases(big=not small)):
+        for big, settings in MODES:
+            if settings:  # the large-input machinery on small inputs: sample, chunks, rescans or kept bands
+                selection._DIRECT, selection._SAMPLE, selection._CHUNK, selection._BAND_SHARE = settings
+            for c, (layers, s, domain) in enumerate(cases(big=big)):
                 shards = [split(layer, 1000 * c + i)[rank] for i, layer in enumerate(layers)]
                 results.append([m.clone() for m in select(shards, s, domain, comm=comm)])
         torch.save(results, os.path.join(out, f"rank{rank}.pt"))
@@ -79,7 +89,7 @@ def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[Any]:
 
 def test_sharded_selection_equals_one_process(ranks: list[Any]) -> None:
     first, second = ranks
-    everything = cases() + cases(big=False)
+    everything = [case for big, _ in MODES for case in cases(big=big)]
     assert len(first) == len(second) == len(everything)
     for c, ((layers, s, domain), a, b) in enumerate(zip(everything, first, second, strict=True)):
         want = select(layers, s, domain)

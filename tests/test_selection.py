@@ -193,17 +193,43 @@ def random_case(seed: int) -> tuple[list[LayerUnits], float]:
     return layers, round(rnd(), 3)
 
 
-@pytest.mark.parametrize("path", ["direct", "sampled"])
+def test_masks_completed_from_the_bracketing_pass_equal_the_full_range_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inputs large enough for a narrow bracket (the band kept, and each mask completed from the
+    bracketing pass), with many ties, caps and floors: the masks equal those of the full-range path
+    (which the brute-force test above checks)."""
+    from pytorch_pruner import selection
+
+    g = torch.Generator().manual_seed(11)
+    cases = []
+    for seed in range(16):
+        layers = []
+        for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
+            n = int(torch.randint(500, 3000, (1,), generator=g))
+            scores = torch.randint(0, 40, (n,), generator=g).float() if seed % 2 else torch.rand(n, generator=g)
+            cap = 1.0 if seed % 3 == 0 else 0.5 + 0.5 * float(torch.rand(1, generator=g))
+            floor = 0.3 * float(torch.rand(1, generator=g))
+            layers.append(LayerUnits(scores, 4, 4 * n, max_sparsity=cap, min_sparsity=floor))
+        cases.append((layers, 0.2 + 0.7 * float(torch.rand(1, generator=g)), "global" if seed % 4 else "local"))
+    want = [[m.tolist() for m in select(layers, s, domain)] for layers, s, domain in cases]
+    monkeypatch.setattr(selection, "_DIRECT", 0)
+    monkeypatch.setattr(selection, "_CHUNK", 97)
+    for (layers, s, domain), expected in zip(cases, want, strict=True):
+        assert [m.tolist() for m in select(layers, s, domain)] == expected, (s, domain)
+
+
+@pytest.mark.parametrize("path", ["direct", "sampled", "kept"])
 def test_global_selection_with_random_caps_and_floors_matches_brute_force(
     path: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pytorch_pruner import selection
 
-    if path == "sampled":  # the large-input machinery on small inputs: sample, chunks, rescans, misses
+    if path != "direct":  # the large-input machinery on small inputs: sample, chunks, misses, and
+        # "sampled": rescans of whole parts each round; "kept": the units inside the bracket kept,
+        # and the masks completed from the bracketing pass
         monkeypatch.setattr(selection, "_DIRECT", 0)
-        monkeypatch.setattr(selection, "_SAMPLE", 4)
+        monkeypatch.setattr(selection, "_SAMPLE", 4 if path == "sampled" else 16)
         monkeypatch.setattr(selection, "_CHUNK", 3)
-        monkeypatch.setattr(selection, "_BAND_SHARE", 0.0)
+        monkeypatch.setattr(selection, "_BAND_SHARE", 0.0 if path == "sampled" else 1.0)
     for seed in range(200):
         layers, s = random_case(seed)
         want_counts, want_masks = brute_force(layers, s)

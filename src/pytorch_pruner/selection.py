@@ -45,7 +45,7 @@ EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
 _EPS = EPS  # the former name
 _SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
 _DIRECT = 1 << 18  # below this many units no sample: the histograms start from the full range
-_CHUNK = 1 << 20  # elements per pass step: bounds the temporaries (bool masks) to a few MB
+_CHUNK = 1 << 18  # elements per pass step: bounds the temporaries (bool masks) to a few MB
 _BAND_SHARE = 1 / 32  # most scores kept between passes, as a share of all (else: rescan)
 
 
@@ -140,6 +140,8 @@ class _Cut:
     equal: list[int]
     counts: list[int]
     take: list[int]
+    #: per layer, what the bracketing pass kept (the mask below the bracket, the units inside)
+    scan: list[_Kept]
 
 
 def _walk(below: list[int], equal: list[int], k: int, lo: list[int], hi: list[int]) -> tuple[list[int], list[int]]:
@@ -159,13 +161,15 @@ def _clamped(counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.
     return torch.minimum(torch.maximum(counts, lo), hi)
 
 
-def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], comm: Comm) -> _Cut:
+def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], comm: Comm, masks: bool = True) -> _Cut:
     """The exact cut for ``G(v) = sum_i clamp(#units of layer i <= v, lo_i, hi_i)`` to reach *k*,
     over every rank's *parts* (one 1-D float32 tensor per layer: this rank's units).
 
     Requires ``sum(lo) < k <= sum(hi)``. Finds the value v with ``G(v-) < k <= G(v)``: a sample
     brackets it, one chunked pass counts the units below the bracket and keeps those inside, and
-    histograms of the keys inside narrow the bracket to one value (2-3 rounds).
+    histograms of the keys inside narrow the bracket to one value (2-3 rounds). With *masks*, that
+    pass also writes each layer's mask of the units below the bracket, which :func:`_masks` completes
+    from the few units inside (no second pass over the scores).
     """
     n_layers = len(parts)
     lo_t, hi_t = torch.tensor(lo, dtype=torch.long), torch.tensor(hi, dtype=torch.long)
@@ -175,13 +179,14 @@ def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], co
     total = int(sizes.sum())
     klo, khi = (_KEY_MIN, _KEY_MAX) if total <= _DIRECT else _bracket(parts, k, lo_t, hi_t, sizes, comm)
     while True:
-        counts, band = _scan(parts, klo, khi, limit=int(_BAND_SHARE * total / comm.world) + _CHUNK)
+        counts, band = _scan(parts, klo, khi, limit=int(_BAND_SHARE * total / comm.world) + _CHUNK, masks=masks)
         below, inside = comm.sum_(counts)
         if int(_clamped(below, lo_t, hi_t).sum()) < k <= int(_clamped(below + inside, lo_t, hi_t).sum()):
             break
         if (klo, khi) == (_KEY_MIN, _KEY_MAX):
             raise RuntimeError(f"selection: no cut prunes {k} units within the bounds {lo}..{hi}")
         klo, khi = _KEY_MIN, _KEY_MAX  # the sample missed (probability far below 1e-6): full range
+    scan = band
     # bins per round: enough to split the units inside in few rounds, never many more than units; the
     # per-round histogram holds layers x bins counts, kept <= 2**16 so that the cumulative sums and clamps
     # of a small update stay cheap (2**22 made a BERT-mini 4x1 update 105 ms instead of 15 ms)
@@ -204,7 +209,7 @@ def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], co
         band = [_narrow(kept, klo, khi) for kept in band]
     below_l, equal_l = below.tolist(), inside.tolist()
     counts, take = _walk(below_l, equal_l, k, lo, hi)
-    return _Cut(_value(klo), sizes.sum(0).tolist(), below_l, equal_l, counts, take)
+    return _Cut(_value(klo), sizes.sum(0).tolist(), below_l, equal_l, counts, take, scan)
 
 
 def _bracket(
@@ -264,57 +269,80 @@ def _bisect(estimate: Callable[[int], float], target: float, below: bool) -> int
 
 @dataclass
 class _Kept:
-    """One layer's units inside the bracket on this rank; ``whole``: the part itself, rescanned."""
+    """One layer's units inside the bracket on this rank: their scores (``values``), and from the
+    bracketing pass their positions and the mask of the units below the bracket (``below``, the
+    full-size start of the layer's mask). ``whole``: too many inside to keep, the part itself
+    (a view, no copy) is rescanned each round and its mask made by a pass of its own."""
 
-    tensors: list[torch.Tensor]
+    values: torch.Tensor
+    positions: torch.Tensor | None = None
+    below: torch.Tensor | None = None
     whole: bool = False
 
 
-def _scan(parts: Sequence[torch.Tensor], klo: int, khi: int, limit: int) -> tuple[torch.Tensor, list[_Kept]]:
+def _scan(
+    parts: Sequence[torch.Tensor], klo: int, khi: int, limit: int, masks: bool = False
+) -> tuple[torch.Tensor, list[_Kept]]:
     """This rank's counts per layer of the units below ``klo`` and inside ``[klo, khi]`` (a [2, layer]
-    tensor), and the units inside: kept while they fit in *limit* units, else the whole part (a
-    view, no copy) is rescanned each round."""
+    tensor), and the units inside: kept while they fit in *limit* units, else the whole part is
+    rescanned each round. With *masks*, the comparison against ``klo`` is written into a full-size
+    bool tensor per layer (it is the mask below the cut), and the positions of the units inside are
+    kept with them."""
     counts = torch.zeros(2, len(parts), dtype=torch.long)
     if (klo, khi) == (_KEY_MIN, _KEY_MAX):
         counts[1] = torch.tensor([part.numel() for part in parts], dtype=torch.long)
-        return counts, [_Kept([part], whole=True) for part in parts]
+        return counts, [_Kept(part, whole=True) for part in parts]
     vlo, vhi = _value(klo), _value(khi)
     band: list[_Kept] = []
     kept = 0
     for i, part in enumerate(parts):
-        inside: list[torch.Tensor] = []
-        lower = torch.empty(min(part.numel(), _CHUNK), dtype=torch.bool, device=part.device)
-        upper = torch.empty_like(lower)
-        n_below = n_inside = 0
-        for chunk in _chunks(part):
-            lt, le = lower[: chunk.numel()], upper[: chunk.numel()]
+        n = part.numel()
+        lower = torch.empty(n if masks else min(n, _CHUNK), dtype=torch.bool, device=part.device)
+        upper = torch.empty(min(n, _CHUNK), dtype=torch.bool, device=part.device)
+        index = torch.int32 if n < 2**31 else torch.int64
+        values: list[torch.Tensor] = []
+        positions: list[torch.Tensor] = []
+        n_below = torch.zeros((), dtype=torch.long, device=part.device)  # summed on the device: no sync per chunk
+        for start in range(0, n, _CHUNK):
+            chunk = part[start : start + _CHUNK]
+            lt = lower[start : start + chunk.numel()] if masks else lower[: chunk.numel()]
+            le = upper[: chunk.numel()]
             torch.lt(chunk, vlo, out=lt)
-            n_below += int(torch.count_nonzero(lt))
+            n_below += torch.count_nonzero(lt)
             torch.le(chunk, vhi, out=le)
-            inside.append(chunk[le.logical_xor_(lt)])  # below vlo implies at most vhi: xor = inside
-            n_inside += inside[-1].numel()
-        counts[0, i], counts[1, i] = n_below, n_inside
-        kept += n_inside
+            where = torch.nonzero(le.logical_xor_(lt)).flatten()  # below vlo implies at most vhi: xor = inside
+            values.append(chunk[where])
+            if masks:
+                positions.append((where + start).to(index))
+        inside = _joined(values, part.new_empty(0))
+        counts[0, i], counts[1, i] = int(n_below), inside.numel()
+        kept += inside.numel()
         if kept > limit:  # too many to keep: rescan this part each round instead
-            kept -= n_inside
-            band.append(_Kept([part], whole=True))
+            kept -= inside.numel()
+            band.append(_Kept(part, whole=True))
+        elif masks:
+            band.append(_Kept(inside, _joined(positions, torch.empty(0, dtype=index, device=part.device)), lower))
         else:
             band.append(_Kept(inside))
     return counts, band
 
 
+def _joined(pieces: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
+    return empty if not pieces else pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
 def _keys_in(kept: _Kept, klo: int, khi: int) -> Iterator[torch.Tensor]:
     vlo, vhi = _value(klo), _value(khi)
-    for tensor in kept.tensors:
-        for chunk in _chunks(tensor):
-            yield _key(chunk[(chunk >= vlo) & (chunk <= vhi)])
+    for chunk in _chunks(kept.values):
+        yield _key(chunk[(chunk >= vlo) & (chunk <= vhi)])
 
 
 def _narrow(kept: _Kept, klo: int, khi: int) -> _Kept:
     if kept.whole:
         return kept
     vlo, vhi = _value(klo), _value(khi)
-    return _Kept([t[(t >= vlo) & (t <= vhi)] for t in kept.tensors])
+    values = kept.values
+    return _Kept(values[(values >= vlo) & (values <= vhi)])
 
 
 # -- masks from a cut --------------------------------------------------------------------------
@@ -335,6 +363,19 @@ def _mask_below(part: torch.Tensor, value: float, ties: int, all_ties: bool) -> 
     return mask
 
 
+def _mask_from_scan(kept: _Kept, value: float, ties: int, all_ties: bool) -> torch.Tensor:
+    """:func:`_mask_below` from the bracketing pass: its mask of the units below the bracket, plus
+    the units inside it that are below *value*, and the first *ties* (by position) equal to it."""
+    assert kept.below is not None and kept.positions is not None
+    mask, values, positions = kept.below, kept.values, kept.positions
+    kept.below = None  # handed over: the mask is the caller's now
+    take = values <= value if all_ties else values < value
+    mask[positions[take].long()] = True
+    if not all_ties and ties > 0:  # positions ascend (chunks in order, nonzero sorted): first = lowest
+        mask[positions[values == value][:ties].long()] = True
+    return mask
+
+
 def _local_ties(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[int]:
     """Ties at the cut's value this rank takes per layer: the first ``cut.take`` by global position,
     rank by rank. Only layers whose ties are split need the other ranks' counts."""
@@ -344,7 +385,9 @@ def _local_ties(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[in
         return ties
     local = torch.zeros(comm.world, len(split), dtype=torch.long)
     for j, i in enumerate(split):
-        local[comm.rank, j] = sum(int(torch.count_nonzero(c == cut.value)) for c in _chunks(parts[i]))
+        kept = cut.scan[i]  # every unit equal to the cut's value is inside the bracket
+        source = _chunks(parts[i]) if kept.whole else [kept.values]
+        local[comm.rank, j] = sum(int(torch.count_nonzero(c == cut.value)) for c in source)
     per_rank = comm.sum_(local)
     before = per_rank[: comm.rank].sum(0)
     for j, i in enumerate(split):
@@ -358,9 +401,15 @@ def _masks(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[torch.T
     ties = _local_ties(parts, cut, comm)
     masks = []
     for i, part in enumerate(parts):
+        kept = cut.scan[i]
         if cut.below[i] <= cut.counts[i] <= cut.below[i] + cut.equal[i]:
-            masks.append(_mask_below(part, cut.value, ties[i], all_ties=cut.take[i] == cut.equal[i]))
+            all_ties = cut.take[i] == cut.equal[i]
+            if kept.below is not None:
+                masks.append(_mask_from_scan(kept, cut.value, ties[i], all_ties))
+            else:
+                masks.append(_mask_below(part, cut.value, ties[i], all_ties))
         else:
+            kept.below = None  # held at a bound away from the cut: its own ranking (free this first)
             masks.append(_lowest_one(part, cut.counts[i], cut.units[i], comm))
     return masks
 
@@ -400,7 +449,7 @@ def kth_smallest(x: torch.Tensor | Sequence[torch.Tensor], k: int) -> torch.Tens
     n = sum(p.numel() for p in parts)
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and {n} (the number of values), not {k}")
-    return torch.tensor(_cut(parts, k, [0] * len(parts), [p.numel() for p in parts], _LOCAL).value)
+    return torch.tensor(_cut(parts, k, [0] * len(parts), [p.numel() for p in parts], _LOCAL, masks=False).value)
 
 
 def lowest_k(scores: torch.Tensor, k: int, comm: Comm | None = None) -> torch.Tensor:
