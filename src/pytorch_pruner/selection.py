@@ -21,8 +21,9 @@ pruned unit zeroes, its number of weights, and its per-layer cap and floor (as s
 A domain is one function ``(layers, sparsity, comm) -> masks`` in :data:`DOMAINS`.
 
 Equal-size units (every NxM and N:M case) never sort or concatenate the scores: a fixed-seed
-sample brackets the cut, one chunked counting pass keeps only the scores inside the bracket, and
-a few histograms over those find the exact cut; its ties are split by position. That is linear
+sample brackets the cut, one chunked counting pass writes the mask of the scores below the bracket
+and keeps only those inside it (with their positions), a few histograms over those find the exact
+cut, and the masks are completed from the kept units; ties are split by position. That is linear
 time with temporary memory of a few percent of the scores, and it runs the same over the shards
 of several ranks (``comm``, see :mod:`pytorch_pruner.distributed`): the ranks exchange only
 counts, histograms and the sample. Mixed sizes (channel patterns across layers of different
