@@ -440,35 +440,23 @@ def prune_oneshot_(
             raise
         finally:
             bar.close()
+
+    def dense(i: int, t: Target, block: int, reason: str) -> OneShotLayer:
+        """The report row of a layer left dense, with *reason*."""
+        weight = t.weight
+        zeros = float((weight == 0).float().mean())
+        shape = tuple(weight.shape)
+        return OneShotLayer(
+            block, t.name, shape, settings[i].prune_type, settings[i].pattern.name, 0.0, zeros, weight.numel(),
+            skipped=reason,
+        )  # fmt: skip
+
     for i, t, reason in checked_out:
         b = _block_of(t.name, blocks)
-        report.layers.append(
-            OneShotLayer(
-                -1 if b is None else b,
-                t.name,
-                tuple(t.weight.shape),
-                settings[i].prune_type,
-                settings[i].pattern.name,
-                0.0,
-                float((t.weight == 0).float().mean()),
-                t.weight.numel(),
-                skipped=reason,
-            )
-        )
+        report.layers.append(dense(i, t, -1 if b is None else b, reason))
     for i, t in outside:
-        report.layers.append(
-            OneShotLayer(
-                -1,
-                t.name,
-                tuple(t.weight.shape),
-                settings[i].prune_type,
-                settings[i].pattern.name,
-                0.0,
-                float((t.weight == 0).float().mean()),
-                t.weight.numel(),
-                skipped="outside the transformer blocks (no calibration inputs); exclude it to silence this",
-            )
-        )
+        outside_reason = "outside the transformer blocks (no calibration inputs); exclude it to silence this"
+        report.layers.append(dense(i, t, -1, outside_reason))
     report.seconds = time.perf_counter() - started
     return report
 
