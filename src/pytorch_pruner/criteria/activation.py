@@ -98,6 +98,11 @@ class HessianStats:
         self.h.addmm_(x.t(), x)
         self.count.copy_(total)
 
+    def release_(self) -> None:
+        """Free H (e.g. once a one-shot prune has used it); the next input starts it again."""
+        self._h = None
+        self.count.zero_()
+
     def hessian(self, group: Any = None) -> torch.Tensor:
         """H over the ranks of *group* (None: the default group) when torch.distributed is initialised."""
         if not _distributed():

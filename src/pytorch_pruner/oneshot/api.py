@@ -248,6 +248,9 @@ def _sparsegpt_prune(pruner: Pruner) -> None:
         )
         weight.copy_(target.from_2d(new.to(weight.dtype)))
         layer.keep.copy_(pattern.reduce(keep.float()) > 0)
+    prepared.clear()
+    for stats in pruner.criterion.stats:  # type: ignore[attr-defined]
+        stats.release_()  # consumed: don't hold the block's Hessians while its outputs are computed
     pruner.current_sparsity = sparsity
     pruner.refresh_masks()
     pruner.apply_masks()
@@ -433,6 +436,7 @@ def prune_oneshot_(
                 finally:
                     _restore(block, where)
                 _record(report, pruners, b, blocks, ratios)
+                del pruners  # their statistics (sparsegpt: the block's Hessians) are not needed by the next block
                 bar.update(1)
         except BaseException:
             for weight, saved in backups:
