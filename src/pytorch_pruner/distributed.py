@@ -85,9 +85,9 @@ def refuse_sharded(model: torch.nn.Module, what: str) -> None:
     pruning, slimming) needs every weight whole in one process."""
     sharded = [name for name, p in model.named_parameters() if is_dtensor(p)]
     if sharded:
-        from .errors import PruningError
+        from .errors import PruningError, first_names
 
-        shown = ", ".join(sharded[:5]) + (f" and {len(sharded) - 5} more" if len(sharded) > 5 else "")
+        shown = first_names(sharded)
         raise PruningError(
             f"{what} needs whole weights, but parameters of this model are sharded (DTensor, e.g. by "
             f"fully_shard): {shown}. Gather the model first (e.g. get_model_state_dict(model, options="

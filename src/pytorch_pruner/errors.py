@@ -6,7 +6,7 @@ builtin also subclass it, so ``except ValueError`` keeps working for callers tha
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "NoMatchingLayersError", "PatternError", "PruningError", "StateError"]
+__all__ = ["ConfigError", "NoMatchingLayersError", "PatternError", "PruningError", "StateError", "first_names"]
 
 
 class PruningError(Exception):
@@ -28,3 +28,9 @@ class NoMatchingLayersError(PruningError, LookupError):
 class StateError(PruningError, RuntimeError):
     """A hook or method was called at the wrong point of the lifecycle, or a saved state does
     not fit (another config, another model, a corrupt file)."""
+
+
+def first_names(names: list[str], most: int = 5) -> str:
+    """*names* for an error message: the first *most*, then how many more."""
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return ", ".join(names[:most]) + more

@@ -32,7 +32,7 @@ from torch import nn
 from .config import PruningConfig, dump_config, load_config, loads_config
 from .criteria import finite_flag
 from .distributed import ProcessGroupComm, WeightShard, check_sharded, is_dtensor
-from .errors import ConfigError, NoMatchingLayersError, PruningError, StateError
+from .errors import ConfigError, NoMatchingLayersError, PruningError, StateError, first_names
 from .export import squash
 from .pruner import Pruner, sync_counts
 from .report import SparsityRatios, SparsityReport, build_report, sparsity_ratios
@@ -60,7 +60,7 @@ def _refuse_zero3(model: nn.Module) -> None:
     marks one): there is no weight to score or mask, so refuse before anything is built."""
     partitioned = [name for name, p in model.named_parameters() if hasattr(p, "ds_id")]
     if partitioned:
-        shown = ", ".join(partitioned[:5]) + (f" and {len(partitioned) - 5} more" if len(partitioned) > 5 else "")
+        shown = first_names(partitioned)
         raise PruningError(
             f"the model's parameters are partitioned by DeepSpeed ZeRO stage 3 ({shown}); pytorch-pruner cannot "
             "prune them. Use ZeRO stage 1 or 2 or DistributedDataParallel (see docs/distributed.md)"
