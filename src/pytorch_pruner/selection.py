@@ -192,12 +192,19 @@ def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], co
     # per-round histogram holds layers x bins counts, kept <= 2**16 so that the cumulative sums and clamps
     # of a small update stay cheap (2**22 made a BERT-mini 4x1 update 105 ms instead of 15 ms)
     bins_log2 = max(8, min(16, 16 - n_layers.bit_length(), int(inside.sum()).bit_length() + 1))
+    whole = [i for i, kept in enumerate(band) if kept.whole]
+    pooled = _pooled(band)  # the units kept inside, of all layers at once: one histogram op per chunk, not per layer
     while khi > klo:
         shift = max(0, (khi - klo).bit_length() - bins_log2)
         nbins = ((khi - klo) >> shift) + 1
         hist = torch.zeros(n_layers * nbins, dtype=torch.long)
-        for i, kept in enumerate(band):
-            for key in _keys_in(kept, klo, khi):
+        for values, layer in pooled:
+            for start in range(0, values.numel(), _CHUNK):
+                end = start + _CHUNK
+                bins = ((_key(values[start:end]) - klo) >> shift) + layer[start:end].long() * nbins
+                hist += torch.bincount(bins, minlength=n_layers * nbins).cpu()
+        for i in whole:
+            for key in _keys_in(band[i], klo, khi):
                 hist += torch.bincount(((key - klo) >> shift) + i * nbins, minlength=n_layers * nbins).cpu()
         hist = comm.sum_(hist).view(n_layers, nbins)
         cum = below.unsqueeze(1) + hist.cumsum(1)
@@ -207,7 +214,9 @@ def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], co
             below = cum[:, b - 1]
         inside = hist[:, b]
         klo, khi = klo + (b << shift), min(khi, klo + (b << shift) + (1 << shift) - 1)
-        band = [_narrow(kept, klo, khi) for kept in band]
+        vlo, vhi = _value(klo), _value(khi)
+        narrowed = [(values, (values >= vlo) & (values <= vhi)) for values, _ in pooled]
+        pooled = [(values[keep], layer[keep]) for (values, keep), (_, layer) in zip(narrowed, pooled, strict=True)]
     below_l, equal_l = below.tolist(), inside.tolist()
     counts, take = _walk(below_l, equal_l, k, lo, hi)
     return _Cut(_value(klo), sizes.sum(0).tolist(), below_l, equal_l, counts, take, scan)
@@ -311,7 +320,7 @@ def _scan(
             torch.lt(chunk, vlo, out=lt)
             n_below += torch.count_nonzero(lt)
             torch.le(chunk, vhi, out=le)
-            where = torch.nonzero(le.logical_xor_(lt)).flatten()  # below vlo implies at most vhi: xor = inside
+            where = _sparse_nonzero(le.logical_xor_(lt))  # below vlo implies at most vhi: xor = inside
             values.append(chunk[where])
             if masks:
                 positions.append((where + start).to(index))
@@ -328,22 +337,39 @@ def _scan(
     return counts, band
 
 
+def _sparse_nonzero(flags: torch.Tensor) -> torch.Tensor:
+    """``torch.nonzero(flags).flatten()`` for a 1-D bool tensor with few True entries: the nonzero
+    8-byte words first (an eighth of the elements to look at), then the bytes of those words
+    (3x faster than ``nonzero`` on a 2^18 chunk of the scan, measured)."""
+    n = flags.numel()
+    if n < 1 << 17 or n % 8 or flags.storage_offset() % 8 or flags.device.type != "cpu":  # small: fewer ops wins
+        return torch.nonzero(flags).flatten()
+    words = torch.nonzero(flags.view(torch.int64)).flatten()
+    hit = torch.nonzero(flags.view(-1, 8)[words])
+    return words[hit[:, 0]] * 8 + hit[:, 1]
+
+
 def _joined(pieces: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
     return empty if not pieces else pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+
+
+def _pooled(band: list[_Kept]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The values kept inside the bracket of every layer not rescanned whole, joined per device,
+    with each value's layer index (int32)."""
+    by_device: dict[torch.device, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
+    for i, kept in enumerate(band):
+        if kept.whole or not kept.values.numel():
+            continue
+        values, layers = by_device.setdefault(kept.values.device, ([], []))
+        values.append(kept.values)
+        layers.append(torch.full((kept.values.numel(),), i, dtype=torch.int32, device=kept.values.device))
+    return [(_joined(v, v[0]), _joined(n, n[0])) for v, n in by_device.values()]
 
 
 def _keys_in(kept: _Kept, klo: int, khi: int) -> Iterator[torch.Tensor]:
     vlo, vhi = _value(klo), _value(khi)
     for chunk in _chunks(kept.values):
         yield _key(chunk[(chunk >= vlo) & (chunk <= vhi)])
-
-
-def _narrow(kept: _Kept, klo: int, khi: int) -> _Kept:
-    if kept.whole:
-        return kept
-    vlo, vhi = _value(klo), _value(khi)
-    values = kept.values
-    return _Kept(values[(values >= vlo) & (values <= vhi)])
 
 
 # -- masks from a cut --------------------------------------------------------------------------
