@@ -26,6 +26,7 @@ from torch.utils.hooks import RemovableHandle
 
 from ..errors import PruningError, StateError
 from ..patterns import NInM, NxM, Pattern
+from ..targets import layer_kind
 from .base import CRITERIA, Criterion, ScoreSlot
 
 __all__ = ["ActivationStats", "HessianStats", "SparseGPT", "Wanda"]
@@ -113,6 +114,12 @@ class HessianStats:
         torch.distributed.all_reduce(count, group=group)
         return (h / count.clamp_min(1)).float()
 
+    def take_(self, group: Any = None) -> torch.Tensor:
+        """:meth:`hessian`, handing over the running H (no copy on one process) and releasing it."""
+        h = self.hessian(group) if _distributed() else self.h
+        self.release_()
+        return h
+
 
 class _InputCriterion(Criterion):
     """A criterion fed by forward pre-hooks on the layers of its slots."""
@@ -129,7 +136,9 @@ class _InputCriterion(Criterion):
         for slot in slots:
             if slot.module is None:
                 raise StateError(f"{type(self).__name__} needs the layer module of every slot to see its inputs")
-            cols = math.prod(slot.weight.shape[1:])  # a shard may hold no row
+            # transformers' Conv1D (GPT-2) stores [in, out]; a shard may hold no row
+            conv1d = layer_kind(slot.module) == "Conv1D"
+            cols = slot.weight.shape[0] if conv1d else math.prod(slot.weight.shape[1:])
             features = _in_features(slot.module, cols)
             self.stats.append(self._stats_type(features, slot.weight.device))
             self.repeats.append(cols // features)

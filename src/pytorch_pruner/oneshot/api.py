@@ -21,10 +21,19 @@ from ..distributed import refuse_sharded
 from ..errors import ConfigError, NoMatchingLayersError, PruningError
 from ..pruner import Pruner
 from ..targets import Target, WeightChecker, find_targets, prunable_layers, unwrap_model
-from .blocks import BlockInputs, Blocks, block_output, capture_inputs, check_batch, find_blocks, with_hidden
+from .blocks import (
+    BlockInputs,
+    Blocks,
+    capture_inputs,
+    check_batch,
+    find_blocks,
+    hidden_of,
+    run_batch,
+    sub_batch_rows,
+)
 from .owl import outlier_ratio, owl_sparsities
 from .report import OneShotBlock, OneShotLayer, OneShotReport
-from .sparsegpt import prepare_hessian, sparsegpt_
+from .sparsegpt import prepare_hessian_, sparsegpt_
 
 __all__ = ["prune_oneshot_"]
 
@@ -229,40 +238,54 @@ def _check_statistics(pruners: list[Pruner], block: str) -> None:
 
 @torch.no_grad()
 def _sparsegpt_prune(pruner: Pruner) -> None:
+    """Prune each layer of *pruner* with SparseGPT, one Hessian at a time: the layers reading one
+    input (q/k/v, gate/up) share it; it is prepared (consumed) when first needed and freed after
+    its last layer, so beyond the statistics at most one prepared Hessian is alive."""
     sparsity = pruner.settings.final_sparsity
     pattern = pruner.pattern
-    prepared: dict[int, tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]] = {}  # shared Hessians once
-    for layer, stats in zip(pruner.layers, pruner.criterion.stats, strict=True):  # type: ignore[attr-defined]
-        target = layer.target
-        weight = target.weight
+    stats_list = pruner.criterion.stats  # type: ignore[attr-defined]
+    groups: dict[int, list[int]] = {}
+    for index, stats in enumerate(stats_list):
         if not isinstance(stats, HessianStats):  # unreachable: sparsegpt keeps Hessians
-            raise PruningError(f"sparsegpt has no Hessian for {layer.name}")
+            raise PruningError(f"sparsegpt has no Hessian for {pruner.layers[index].name}")
+        groups.setdefault(id(stats), []).append(index)
+    for indices in groups.values():
+        stats = stats_list[indices[0]]
         if sparsity <= 0.0:
+            stats.release_()
             continue
-        if id(stats) not in prepared:
-            hessian = stats.hessian()
-            prepared[id(stats)] = (hessian, prepare_hessian(hessian, name=layer.name))
-        hessian, ready = prepared[id(stats)]
-        new, keep = sparsegpt_(
-            target.to_2d(weight.detach()), hessian, sparsity, pattern, name=layer.name, prepared=ready
-        )
-        weight.copy_(target.from_2d(new.to(weight.dtype)))
-        layer.keep.copy_(pattern.reduce(keep.float()) > 0)
-    prepared.clear()
-    for stats in pruner.criterion.stats:  # type: ignore[attr-defined]
-        stats.release_()  # consumed: don't hold the block's Hessians while its outputs are computed
+        ready = prepare_hessian_(stats.take_(), name=pruner.layers[indices[0]].name)
+        for index in indices:
+            layer = pruner.layers[index]
+            target = layer.target
+            weight = target.weight
+            new, keep = sparsegpt_(
+                target.to_2d(weight.detach()), None, sparsity, pattern, name=layer.name, prepared=ready
+            )
+            weight.copy_(target.from_2d(new.to(weight.dtype)))
+            del new
+            layer.keep.copy_(pattern.reduce(keep.float()) > 0)
+            del keep
+        del ready
     pruner.current_sparsity = sparsity
     pruner.refresh_masks()
     pruner.apply_masks()
 
 
-def _run(block: nn.Module, inputs: list[BlockInputs], whole: bool) -> list[torch.Tensor] | None:
-    outs = []
-    for args, kwargs in inputs:
-        out = block(*args, **kwargs)
-        if not whole:
-            outs.append(block_output(out))
-    return None if whole else outs
+def _run(block: nn.Module, inputs: list[BlockInputs], tokens: int | None, outputs: bool, fresh: bool = False) -> None:
+    """Run *block* on every calibration batch, sub-batches of at most *tokens* tokens at a time.
+
+    With *outputs*, each batch's hidden states are replaced by the block's output, batch by batch:
+    written over them in place, or (*fresh*) into new tensors, leaving the tensors of the calls in
+    *inputs* as they were (the list itself gets the new calls).
+    """
+    for j, call in enumerate(inputs):
+        rows = sub_batch_rows(block, call, tokens)
+        into = None
+        if outputs:
+            hidden = hidden_of(call)
+            into = torch.empty_like(hidden, memory_format=torch.contiguous_format) if fresh else hidden
+        inputs[j] = run_batch(block, call, rows, into=into)
 
 
 def _owl_allocation(
@@ -272,6 +295,7 @@ def _owl_allocation(
     inputs: list[BlockInputs],
     device: torch.device | None,
     progress: bool,
+    tokens: int | None,
 ) -> tuple[list[list[float]], list[list[float | None]]]:
     """Per pruner and block: the OWL sparsity and outlier ratio (a dense block-by-block pass)."""
     n = len(blocks.modules)
@@ -292,15 +316,15 @@ def _owl_allocation(
                         p.criterion.count_eval = True  # type: ignore[attr-defined]
                         criteria.append((i, p))
                 try:
-                    outs = _run(block, current, blocks.whole)
+                    # the prune pass needs *inputs* as they are: the first block writes new tensors
+                    # (then later blocks overwrite those)
+                    _run(block, current, None if blocks.whole else tokens, b + 1 < n and not blocks.whole, b == 0)
                     _check_statistics([p for _, p in criteria], blocks.names[b])
                     for i, p in criteria:
                         ratios[i][b] = outlier_ratio(p.criterion.element_scores(), settings[i].owl_m)  # type: ignore[attr-defined]
                 finally:
                     for _, p in criteria:
                         p.criterion.remove_hooks()
-                if outs is not None and b + 1 < n:
-                    current = [with_hidden(x, o) for x, o in zip(current, outs, strict=True)]
             finally:
                 _restore(block, where)
             bar.update(1)
@@ -330,15 +354,19 @@ def prune_oneshot_(
     device: str | torch.device | None = None,
     progress: bool = True,
     restore_on_error: bool = True,
+    sub_batch_tokens: int | None = 512,
 ) -> OneShotReport:
     """Prune *model* in place, now, from calibration data, one transformer block at a time.
 
     The inputs of block b are the outputs of the already pruned blocks < b, so memory holds one
-    block's activations at a time (SPEC §11). For each block: the criterion's hooks collect the
-    input statistics of its layers while the cached inputs run through it (``wanda``: mean x²;
-    ``sparsegpt``: the Hessian), the block is pruned, and it runs again to give the next block's
-    inputs. ``magnitude`` needs no data. With ``owl: true`` a dense pass first gives each block
-    its own sparsity (OWL), with the target as the weighted mean.
+    block's activations at a time (SPEC §11): the hidden states of the calibration set at one block
+    boundary (each batch's block output is written over its input), plus one sub-batch's
+    activations inside the block (see *sub_batch_tokens*) and the block's statistics. For each
+    block: the criterion's hooks collect the input statistics of its layers while the cached
+    inputs run through it (``wanda``: mean x²; ``sparsegpt``: the Hessian), the block is pruned,
+    and it runs again to give the next block's inputs. ``magnitude`` needs no data. With
+    ``owl: true`` a dense pass first gives each block its own sparsity (OWL), with the target as
+    the weighted mean (that pass holds a second copy of the block-boundary hidden states).
 
     Args:
         model: any ``nn.Module``; transformers decoders (Llama-style ``model.layers``, GPT-2's
@@ -360,6 +388,13 @@ def prune_oneshot_(
         restore_on_error: keep a CPU copy of each block's original weights while the run lasts, so an
             error at any block leaves the whole model as it was (costs host memory the size of the
             pruned weights; ``False`` saves it, and an error then leaves the earlier blocks pruned).
+        sub_batch_tokens: run each block on sub-batches of at most this many tokens (whole
+            sequences, at least one), which bounds the activations inside a block (attention scores,
+            MLP intermediates, the criteria's copies of layer inputs) whatever the calibration batch
+            size; the statistics are sums over tokens, so the result is the same up to float
+            rounding. Only transformers' layers are split (batch-first by convention), and only
+            batches whose tensor arguments of 2+ dims all have the batch size or 1 first (not e.g.
+            Bloom's ALiBi bias). ``None``: whole calibration batches.
 
     Returns:
         A :class:`~pytorch_pruner.oneshot.OneShotReport` (``print`` it for per-layer and per-block
@@ -381,6 +416,14 @@ def prune_oneshot_(
         (0.5, 8)
     """
     started = time.perf_counter()
+    if sub_batch_tokens is not None and (
+        isinstance(sub_batch_tokens, bool) or not isinstance(sub_batch_tokens, int) or sub_batch_tokens < 1
+    ):
+        raise PruningError(
+            f"sub_batch_tokens must be a positive int (tokens per block call) or None (whole calibration batches), "
+            f"got {sub_batch_tokens!r}"
+        )
+    tokens = sub_batch_tokens
     refuse_sharded(model, "prune_oneshot_")
     settings = _settings(load_config(config))
     targets, checked_out = _targets(model, settings)
@@ -405,7 +448,7 @@ def prune_oneshot_(
             stacklevel=2,
         )
     dev = torch.device(device) if device is not None else None
-    backups: list[tuple[torch.Tensor, torch.Tensor]] = []
+    backups: list[_Backup] = []
     report = OneShotReport()
     with _calibration_mode(model):
         run_device = dev or _first_device(model)
@@ -416,7 +459,7 @@ def prune_oneshot_(
                 inputs = capture_inputs(model, blocks.modules[0], calibration, run_device)
         report.tokens = _tokens(inputs)
         if any(s.owl for s in settings):
-            sparsity, ratios = _owl_allocation(settings, in_block, blocks, inputs, dev, progress)
+            sparsity, ratios = _owl_allocation(settings, in_block, blocks, inputs, dev, progress, tokens)
             report.owl = True
         else:
             sparsity = [[s.final_sparsity] * n for s in settings]
@@ -427,20 +470,18 @@ def prune_oneshot_(
                 where = _move(block, dev)
                 try:
                     pruners = _prune_block(
-                        settings, in_block, sparsity, b, block, inputs, blocks, backups, restore_on_error
+                        settings, in_block, sparsity, b, block, inputs, blocks, backups, restore_on_error, tokens
                     )
                     if b + 1 < n and not blocks.whole:
-                        outs = _run(block, inputs, False)
-                        assert outs is not None
-                        inputs = [with_hidden(x, o) for x, o in zip(inputs, outs, strict=True)]
+                        _run(block, inputs, tokens, True)  # the outputs replace the inputs, batch by batch
                 finally:
                     _restore(block, where)
                 _record(report, pruners, b, blocks, ratios)
                 del pruners  # their statistics (sparsegpt: the block's Hessians) are not needed by the next block
                 bar.update(1)
         except BaseException:
-            for weight, saved in backups:
-                weight.copy_(saved.to(weight.device))
+            for backup in reversed(backups):
+                backup.restore_()
             raise
         finally:
             bar.close()
@@ -465,6 +506,34 @@ def prune_oneshot_(
     return report
 
 
+class _Backup:
+    """A CPU copy of one weight as it was before the one-shot run (``restore_on_error``).
+
+    :meth:`compact_`, once the weight has been masked (magnitude, wanda: only zeros were written),
+    keeps just the original values at the positions that are now zero (in row-major order):
+    about half the copy at 50% sparsity. :meth:`restore_` puts the original back either way.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        self.weight = weight
+        self.saved = weight.detach().to("cpu", copy=True)
+        self.compact = False
+
+    @torch.no_grad()
+    def compact_(self) -> None:
+        zero = (self.weight.detach() == 0).to("cpu")
+        self.saved = self.saved[zero]
+        self.compact = True
+
+    @torch.no_grad()
+    def restore_(self) -> None:
+        if self.compact:
+            zero = self.weight == 0
+            self.weight[zero] = self.saved.to(self.weight.device)
+        else:
+            self.weight.copy_(self.saved.to(self.weight.device))
+
+
 def _prune_block(
     settings: list[PrunerSettings],
     in_block: list[list[list[Target]]],
@@ -473,8 +542,9 @@ def _prune_block(
     block: nn.Module,
     inputs: list[BlockInputs],
     blocks: Blocks,
-    backups: list[tuple[torch.Tensor, torch.Tensor]],
+    backups: list[_Backup],
     keep_backup: bool,
+    tokens: int | None,
 ) -> list[tuple[int, Pruner]]:
     pruners: list[tuple[int, Pruner]] = []
     try:
@@ -486,16 +556,17 @@ def _prune_block(
                 p.criterion.count_eval = True  # type: ignore[attr-defined]
             pruners.append((i, p))
         if any(p.criterion.needs_inputs and p.layers for _, p in pruners):
-            _run(block, inputs, True)
+            _run(block, inputs, None if blocks.whole else tokens, False)
             _check_statistics([p for _, p in pruners], blocks.names[b])
         for _, p in pruners:
-            for layer in p.layers:
-                if keep_backup:
-                    backups.append((layer.target.weight, layer.target.weight.detach().to("cpu", copy=True)))
+            mine = [_Backup(layer.target.weight) for layer in p.layers] if keep_backup else []
+            backups.extend(mine)
             if p.criterion.oneshot_only:
                 _sparsegpt_prune(p)
             else:
                 p.prune(0)
+                for backup in mine:  # only zeros were written: keep the values they replaced
+                    backup.compact_()
     finally:
         for _, p in pruners:
             p.criterion.remove_hooks()

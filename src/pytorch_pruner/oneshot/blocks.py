@@ -9,8 +9,9 @@ each block runs on its own from the cached inputs, so memory holds one block's a
 from __future__ import annotations
 
 import contextlib
+import math
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +21,17 @@ from torch import nn
 from ..errors import PruningError
 from ..targets import unwrap_model
 
-__all__ = ["BlockInputs", "Blocks", "capture_inputs", "find_blocks", "run_block"]
+__all__ = [
+    "BlockInputs",
+    "Blocks",
+    "capture_inputs",
+    "find_blocks",
+    "hidden_of",
+    "run_batch",
+    "run_block",
+    "sub_batch_rows",
+    "with_hidden",
+]
 
 #: Where known model families keep their list of transformer blocks (relative to the model).
 BLOCK_PATHS = (
@@ -139,7 +150,7 @@ def _call(model: nn.Module, batch: dict[str, torch.Tensor] | torch.Tensor) -> An
 def _clean_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     # A KV cache would grow with every block run; calibration wants none.
     out = dict(kwargs)
-    for key in ("past_key_value", "past_key_values", "layer_past"):
+    for key in ("past_key_value", "past_key_values", "layer_past", "cache"):
         if out.get(key) is not None:
             out[key] = None
     if out.get("use_cache"):
@@ -162,7 +173,13 @@ def capture_inputs(
     cache: list[BlockInputs] = []
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        cache.append((_to(tuple(args), device), _to(_clean_kwargs(kwargs), device)))
+        call = (_to(tuple(args), device), _to(_clean_kwargs(kwargs), device))
+        hidden = hidden_of(call)
+        # an own, contiguous copy: the block outputs overwrite it in place later (see run_batch), and
+        # it may be the caller's tensor (e.g. inputs_embeds) or a view
+        cache.append(
+            with_hidden(call, hidden.to(device=hidden.device, memory_format=torch.contiguous_format, copy=True))
+        )
         raise _Stop
 
     if isinstance(calibration, torch.Tensor | Mapping):
@@ -207,6 +224,105 @@ def block_output(output: Any) -> torch.Tensor:
 def run_block(block: nn.Module, inputs: BlockInputs) -> torch.Tensor:
     args, kwargs = inputs
     return block_output(block(*args, **kwargs))
+
+
+def hidden_of(inputs: BlockInputs) -> torch.Tensor:
+    """The hidden states of a block call: its first positional argument, or ``hidden_states=``."""
+    args, kwargs = inputs
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor):
+        raise PruningError(
+            "could not find the hidden states among a block's inputs (a tensor as the first positional argument "
+            "or hidden_states=)"
+        )
+    return hidden
+
+
+def sub_batch_rows(block: nn.Module, inputs: BlockInputs, tokens: int | None) -> int | None:
+    """How many rows (sequences) of *inputs* to run through *block* at a time for at most *tokens*
+    tokens per call (at least one row); None: the whole batch at once.
+
+    Only transformers' layers are split: their hidden states are ``[batch, sequence, hidden]`` by
+    convention, while other modules may put the sequence first (``nn.TransformerEncoderLayer``
+    without ``batch_first``), where splitting dim 0 would cut sequences. The batch is also kept
+    whole when a tensor argument of 2+ dims has a first dimension that is neither the batch size
+    nor 1 (e.g. Bloom's ALiBi bias ``[batch * heads, 1, sequence]``): it can't be split by rows.
+    """
+    if tokens is None or not type(block).__module__.startswith("transformers."):
+        return None
+    hidden = hidden_of(inputs)
+    if hidden.dim() < 2:
+        return None
+    batch = hidden.shape[0]
+    rows = max(1, tokens // max(1, math.prod(hidden.shape[1:-1])))
+    if rows >= batch:
+        return None
+    args, kwargs = inputs
+    for value in _tensors((args[1:] if args else args, {k: v for k, v in kwargs.items() if k != "hidden_states"})):
+        if value.dim() >= 2 and value.shape[0] not in (batch, 1):
+            return None
+    return rows
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, tuple | list):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+def _rows(value: Any, batch: int, start: int, stop: int) -> Any:
+    """*value* with every tensor of 2+ dims whose first dimension is the batch cut to rows start:stop
+    (tensors of one row broadcast, 1-D ones such as cache_position are per token: both kept)."""
+    if isinstance(value, torch.Tensor):
+        return value[start:stop] if value.dim() >= 2 and value.shape[0] == batch else value
+    if isinstance(value, tuple | list):
+        return type(value)(_rows(v, batch, start, stop) for v in value)
+    if isinstance(value, dict):
+        return {k: _rows(v, batch, start, stop) for k, v in value.items()}
+    return value
+
+
+def run_batch(block: nn.Module, inputs: BlockInputs, rows: int | None, *, into: torch.Tensor | None) -> BlockInputs:
+    """Run *block* on one calibration batch, *rows* sequences at a time (None: all at once).
+
+    With *into* (shaped like the hidden states: the hidden states themselves, or a new buffer) the
+    block's output is written there sub-batch by sub-batch, and the call with it as the hidden
+    states is returned. Rows already run are not read again, so writing over the inputs is safe and
+    holds one sub-batch's output extra. A block whose output differs in shape or dtype from its
+    input gets a new tensor instead. Without *into*: the block only runs (for its hooks).
+    """
+    if rows is None and into is None:
+        block(*inputs[0], **inputs[1])
+        return inputs
+    batch = hidden_of(inputs).shape[0]
+    step = rows or batch
+    outs: list[torch.Tensor] = []
+    for start in range(0, batch, step):
+        stop = min(start + step, batch)
+        args, kwargs = inputs if step == batch else _rows(inputs, batch, start, stop)
+        out = block(*args, **kwargs)
+        if into is None:
+            continue
+        out = block_output(out)
+        if not outs and out.shape == into[start:stop].shape and out.dtype == into.dtype:
+            into[start:stop].copy_(out)
+        elif start == 0 or outs:
+            outs.append(out)  # a block that changes the shape: collect (nothing was written over)
+        else:  # only the first sub-batches kept the shape: no way to tell which rows are whose
+            raise PruningError(
+                f"a block returned hidden states of shape {tuple(out.shape)} for inputs of shape "
+                f"{tuple(into[start:stop].shape)} after keeping the shape for earlier rows; pass "
+                "sub_batch_tokens=None to run whole calibration batches"
+            )
+        del out
+    if into is None:
+        return inputs
+    return with_hidden(inputs, torch.cat(outs) if len(outs) > 1 else outs[0] if outs else into)
 
 
 def with_hidden(inputs: BlockInputs, hidden: torch.Tensor) -> BlockInputs:

@@ -23,24 +23,10 @@ from ..errors import PruningError
 from ..patterns import NInM, Pattern
 from ..selection import LayerUnits, lowest_k
 
-__all__ = ["BLOCK_SIZE", "DAMPING", "prepare_hessian", "sparsegpt_"]
+__all__ = ["BLOCK_SIZE", "DAMPING", "prepare_hessian", "prepare_hessian_", "sparsegpt_"]
 
 BLOCK_SIZE = 128
 DAMPING = 0.01
-
-
-def _inverse_cholesky(h: torch.Tensor, name: str) -> torch.Tensor:
-    """Upper Cholesky factor of H⁻¹ (float32)."""
-    factor, info = torch.linalg.cholesky_ex(h)
-    if int(info) == 0:
-        inverse = torch.cholesky_inverse(factor)
-        upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-        if int(info) == 0:
-            return upper
-    raise PruningError(
-        f"sparsegpt: the Hessian of {name} is not positive definite even after damping; give more (or more "
-        "varied) calibration tokens, or prune this layer with wanda"
-    )
 
 
 def _block_choice(score: torch.Tensor, pattern: Pattern, sparsity: float) -> torch.Tensor:
@@ -61,18 +47,48 @@ def prepare_hessian(
     hessian: torch.Tensor, *, damping: float = DAMPING, name: str = "the layer"
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``(U, dead)``: the upper Cholesky factor of the damped ``H⁻¹`` and the dead inputs
-    (``H_jj = 0``), steps 1-3. Layers that read the same input (q/k/v, gate/up) share it."""
-    h = hessian.detach().float().clone()
-    dead = torch.diagonal(h) == 0
-    h[dead, dead] = 1.0
-    h.diagonal().add_(damping * float(torch.diagonal(h).mean()))
-    return _inverse_cholesky(h, name), dead
+    (``H_jj = 0``), steps 1-3. Layers that read the same input (q/k/v, gate/up) share it.
+    *hessian* is left as it is (:func:`prepare_hessian_` works on it in place)."""
+    return prepare_hessian_(hessian.detach().float().clone(), damping=damping, name=name)
+
+
+def prepare_hessian_(
+    hessian: torch.Tensor, *, damping: float = DAMPING, name: str = "the layer"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`prepare_hessian` that consumes *hessian* (float32, no autograd; damped in place, then
+    freed step by step when the caller keeps no reference, e.g. ``prepare_hessian_(stats.take())``):
+    at most two ``[cols, cols]`` matrices at a time. (Not wrapped in ``torch.no_grad()``: a
+    decorator would hold the argument to the end.)"""
+    if hessian.requires_grad:
+        raise PruningError(f"sparsegpt: the Hessian of {name} must not require grad (detach it)")
+    if hessian.dtype != torch.float32:
+        raise PruningError(f"sparsegpt: the Hessian of {name} must be float32, not {hessian.dtype}")
+    diagonal = torch.diagonal(hessian)
+    dead = diagonal == 0
+    diagonal.masked_fill_(dead, 1.0)
+    diagonal.add_(damping * float(diagonal.mean()))
+    del diagonal
+    # U: the upper Cholesky factor of H⁻¹; each step frees the previous matrix (when the caller
+    # holds no other reference to *hessian*)
+    factor, info = torch.linalg.cholesky_ex(hessian)
+    del hessian
+    if int(info) == 0:
+        inverse = torch.cholesky_inverse(factor)
+        del factor
+        upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+        del inverse
+        if int(info) == 0:
+            return upper, dead
+    raise PruningError(
+        f"sparsegpt: the Hessian of {name} is not positive definite even after damping; give more (or more "
+        "varied) calibration tokens, or prune this layer with wanda"
+    )
 
 
 @torch.no_grad()
 def sparsegpt_(
     weight2d: torch.Tensor,
-    hessian: torch.Tensor,
+    hessian: torch.Tensor | None,
     sparsity: float,
     pattern: Pattern,
     *,
@@ -89,7 +105,7 @@ def sparsegpt_(
         sparsity: the fraction to prune (for N:M at N/M: every group loses N).
         pattern: 1x1, NxM (M dividing *block_size*) or N:M.
         prepared: :func:`prepare_hessian` of *hessian*, when already computed (then *hessian*
-            is only checked for its shape).
+            may be None, else it is only checked for its shape).
 
     Returns:
         ``(new weight in float32, bool keep mask [rows, cols])``; pruned weights are exactly 0.
@@ -105,9 +121,15 @@ def sparsegpt_(
     """
     w = weight2d.detach().float().clone()
     rows, cols = w.shape
-    if hessian.shape != (cols, cols):
-        raise PruningError(f"sparsegpt: the Hessian of {name} is {tuple(hessian.shape)}, expected {(cols, cols)}")
-    u, dead = prepared if prepared is not None else prepare_hessian(hessian, damping=damping, name=name)
+    if prepared is None:
+        if hessian is None:
+            raise PruningError(f"sparsegpt: {name} needs its Hessian (or prepared=prepare_hessian(H))")
+        if hessian.shape != (cols, cols):
+            raise PruningError(f"sparsegpt: the Hessian of {name} is {tuple(hessian.shape)}, expected {(cols, cols)}")
+        prepared = prepare_hessian(hessian, damping=damping, name=name)
+    u, dead = prepared
+    if u.shape != (cols, cols):
+        raise PruningError(f"sparsegpt: the Hessian of {name} is {tuple(u.shape)}, expected {(cols, cols)}")
     w[:, dead] = 0.0
 
     nm = isinstance(pattern, NInM) and sparsity >= pattern.max_sparsity() - 1e-9

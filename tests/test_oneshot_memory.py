@@ -1,0 +1,204 @@
+"""prune_oneshot_'s memory (issue #11): sub-batches, block outputs written over the inputs, backups."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import pytest
+import torch
+from torch import nn
+
+from pytorch_pruner import PruningError, prune_oneshot_
+from pytorch_pruner.oneshot.blocks import find_blocks
+
+transformers = pytest.importorskip("transformers")
+
+ROWS, SEQ, VOCAB = 6, 12, 128
+
+
+def _llama() -> nn.Module:
+    config = transformers.LlamaConfig(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64,
+    )  # fmt: skip
+    return transformers.LlamaForCausalLM(config)
+
+
+MODELS: dict[str, Callable[[], nn.Module]] = {
+    "llama": _llama,
+    "gpt2": lambda: transformers.GPT2LMHeadModel(
+        transformers.GPT2Config(
+            vocab_size=VOCAB, n_embd=32, n_head=4, n_layer=2, n_positions=64, bos_token_id=0, eos_token_id=0
+        )
+    ),
+    "opt": lambda: transformers.OPTForCausalLM(
+        transformers.OPTConfig(
+            vocab_size=VOCAB,
+            hidden_size=32,
+            num_hidden_layers=2,
+            ffn_dim=64,
+            num_attention_heads=4,
+            max_position_embeddings=64,
+            word_embed_proj_dim=32,
+        )
+    ),
+    "bert": lambda: transformers.BertModel(
+        transformers.BertConfig(
+            vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
+        ),
+        add_pooling_layer=False,
+    ),
+}
+
+
+def _batches(n: int = 2) -> list[dict[str, torch.Tensor]]:
+    """Padded batches: the attention masks differ per row, so a mask not cut with the rows shows."""
+    out = []
+    for _ in range(n):
+        ids = torch.randint(0, VOCAB, (ROWS, SEQ))
+        mask = torch.ones_like(ids)
+        mask[1, :4] = 0
+        mask[4, :7] = 0
+        out.append({"input_ids": ids, "attention_mask": mask})
+    return out
+
+
+def _cfg(prune_type: str, **keys: object) -> dict[str, object]:
+    return {
+        "prune_type": prune_type,
+        "target_sparsity": 0.5,
+        "prune_layer_type": ["Linear", "Conv1D"],
+        "names": [r"(layers|h|layer)\.\d+\."],
+        **keys,
+    }
+
+
+def _rows_seen(model: nn.Module) -> tuple[list[torch.Tensor], Callable[[], None]]:
+    """The hidden states each call of block 0 gets (copies; the capture of its inputs included: one
+    call per batch, first), and how to stop recording."""
+    seen: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, args: tuple[object, ...], kwargs: dict[str, object]) -> None:
+        hidden = args[0] if args else kwargs["hidden_states"]
+        assert isinstance(hidden, torch.Tensor)
+        seen.append(hidden.detach().clone())
+
+    handle = find_blocks(model).modules[0].register_forward_pre_hook(hook, with_kwargs=True)
+    return seen, handle.remove
+
+
+@pytest.mark.parametrize("prune_type", ["wanda", "sparsegpt"])
+@pytest.mark.parametrize("family", list(MODELS))
+def test_sub_batches_give_the_masks_of_whole_batches(family: str, prune_type: str) -> None:
+    torch.manual_seed(0)
+    model = MODELS[family]().eval()
+    whole = copy.deepcopy(model)
+    batches = _batches()
+    seen, stop = _rows_seen(model)
+    prune_oneshot_(model, _cfg(prune_type), batches, progress=False, sub_batch_tokens=2 * SEQ + 5)
+    stop()
+    # after the capture: 2 rows per call, 3 calls per batch, each of the 2 passes (statistics, outputs)
+    assert [t.shape[0] for t in seen] == [ROWS] * 2 + [2] * 12
+    prune_oneshot_(whole, _cfg(prune_type), batches, progress=False, sub_batch_tokens=None)
+    pruned = 0
+    for (name, ours), theirs in zip(model.named_parameters(), whole.parameters(), strict=True):
+        assert torch.equal(ours == 0, theirs == 0), name
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+        pruned += int((ours == 0).sum())
+    assert pruned > 0
+
+
+def test_batches_whose_arguments_cannot_be_cut_by_rows_run_whole() -> None:
+    # Bloom's ALiBi bias is [batch * heads, 1, sequence]: rows can't be cut out of it
+    model = transformers.BloomForCausalLM(
+        transformers.BloomConfig(vocab_size=VOCAB, hidden_size=32, n_layer=2, n_head=4)
+    )
+    seen, stop = _rows_seen(model.eval())
+    prune_oneshot_(model, _cfg("wanda"), _batches(), progress=False, sub_batch_tokens=SEQ)
+    stop()
+    assert [t.shape[0] for t in seen] == [ROWS] * 6
+
+
+class _Block(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(x)
+
+
+class _Stack(nn.Module):
+    """Not a transformers model: its batch dimension is unknown (it could be sequence-first)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_Block(), _Block()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_other_modules_run_whole_batches_and_their_inputs_stay_the_callers() -> None:
+    model = _Stack()
+    x = torch.randn(ROWS, SEQ, 8)
+    before = x.clone()
+    seen, stop = _rows_seen(model)
+    prune_oneshot_(model, _cfg("wanda"), [{"x": x}], progress=False, sub_batch_tokens=1)
+    stop()
+    assert [t.shape[0] for t in seen] == [ROWS] * 3
+    assert torch.equal(x, before)  # the outputs were written over a copy of the block inputs
+
+
+def test_owl_pass_and_prune_pass_do_not_share_the_block_inputs() -> None:
+    """Every call of block 0 (OWL's pass, then the statistics and output passes) sees the same
+    hidden states: none of the passes wrote its outputs over the other's inputs. The caller's
+    inputs_embeds stay as they were."""
+    torch.manual_seed(0)
+    model = _llama().eval()
+    embeds = torch.randn(ROWS, SEQ, 32)
+    before = embeds.clone()
+    seen, stop = _rows_seen(model)
+    prune_oneshot_(model, _cfg("wanda", owl=True), [{"inputs_embeds": embeds}], progress=False, sub_batch_tokens=SEQ)
+    stop()
+    captured, calls = seen[0], seen[1:]
+    assert len(calls) == 3 * ROWS  # one row per call
+    for one in range(ROWS):
+        assert torch.equal(calls[one], calls[ROWS + one]) and torch.equal(calls[one], calls[2 * ROWS + one])
+    assert torch.equal(torch.cat(calls[:ROWS]), captured)
+    assert torch.equal(embeds, before)
+
+
+@pytest.mark.parametrize("first", ["magnitude", "wanda"])
+def test_error_at_a_later_block_restores_masked_blocks_exactly(first: str) -> None:
+    """magnitude/wanda backups keep only the values their zeros replaced; restoring puts back every
+    weight, including those that were zero before the run."""
+    torch.manual_seed(0)
+    model = _llama().eval()
+    with torch.no_grad():
+        model.model.layers[0].mlp.down_proj.weight[:, :3] = 0.0
+        model.model.layers[1].input_layernorm.weight[0] = float("nan")
+    before = copy.deepcopy(model.state_dict())
+    config = {
+        "target_sparsity": 0.5,
+        "pruners": [
+            {"prune_type": first, "names": [r"layers\.0\."]},
+            {"prune_type": "wanda", "names": [r"layers\.1\."]},
+        ],
+    }
+    with pytest.raises(PruningError, match="NaN/inf activations"):
+        prune_oneshot_(model, config, _batches(), progress=False)
+    for key, value in before.items():
+        assert torch.equal(value.nan_to_num(7.0), model.state_dict()[key].nan_to_num(7.0)), key
+
+
+def test_sub_batch_tokens_must_be_a_positive_int() -> None:
+    model = _llama()
+    before = copy.deepcopy(model.state_dict())
+    for bad in (0, -3, 1.5, True):
+        with pytest.raises(PruningError, match="sub_batch_tokens must be a positive int"):
+            prune_oneshot_(model, _cfg("wanda"), _batches(), progress=False, sub_batch_tokens=bad)  # type: ignore[arg-type]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
