@@ -82,6 +82,7 @@ class HessianStats:
         self.features = features
         self._h: torch.Tensor | None = None  # allocated at the first input (shared layers never need it)
         self.count = torch.zeros((), dtype=torch.float64, device=device)
+        self._seen = 0  # = count, on the host
 
     @property
     def h(self) -> torch.Tensor:
@@ -93,16 +94,17 @@ class HessianStats:
         tokens = flat.shape[0]
         if tokens == 0:
             return
-        total = self.count + tokens
-        self.h.mul_((self.count / total).float())
-        x = flat * torch.sqrt(2.0 / total).float()
-        self.h.addmm_(x.t(), x)
-        self.count.copy_(total)
+        seen, total = self._seen, self._seen + tokens  # host ints: no device sync for the scalars below
+        # H <- (seen/total) H + (2/total) xᵀx, in one call: no scaled copy of the inputs
+        self.h.addmm_(flat.t(), flat, beta=seen / total, alpha=2.0 / total)
+        self._seen = total
+        self.count.add_(tokens)
 
     def release_(self) -> None:
         """Free H (e.g. once a one-shot prune has used it); the next input starts it again."""
         self._h = None
         self.count.zero_()
+        self._seen = 0
 
     def hessian(self, group: Any = None) -> torch.Tensor:
         """H over the ranks of *group* (None: the default group) when torch.distributed is initialised."""
@@ -191,7 +193,9 @@ class _InputCriterion(Criterion):
 
     def nonfinite_layers(self) -> list[int]:
         """Indices of the slots whose statistics hold inf or NaN."""
-        own = [s.mean_sq if isinstance(s, ActivationStats) else s.h for s in self.stats]
+        # a Hessian's diagonal holds every input's x² (NaN and inf show there), and |H_ij| <= sqrt(H_ii H_jj):
+        # checking it is enough, without a full-size temporary
+        own = [s.mean_sq if isinstance(s, ActivationStats) else s.h.diagonal() for s in self.stats]
         return [i for i, t in enumerate(own) if not bool(torch.isfinite(t).all())]
 
 
@@ -225,7 +229,7 @@ class Wanda(_InputCriterion):
                 norm = torch.nan_to_num(norm, nan=0.0, posinf=0.0)
             norm = norm.repeat(repeat)
             with torch.no_grad():
-                out.append(slot.to_2d(slot.weight.detach()).abs().float() * norm.to(slot.weight.device))
+                out.append(slot.to_2d(slot.weight.detach()).abs().float().mul_(norm.to(slot.weight.device)))
         return out
 
     def scores(self) -> list[torch.Tensor]:

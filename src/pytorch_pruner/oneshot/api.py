@@ -264,7 +264,7 @@ def _sparsegpt_prune(pruner: Pruner) -> None:
             )
             weight.copy_(target.from_2d(new.to(weight.dtype)))
             del new
-            layer.keep.copy_(pattern.reduce(keep.float()) > 0)
+            layer.keep.copy_(keep if keep.shape == layer.keep.shape else pattern.reduce(keep.float()) > 0)
             del keep
         del ready
     pruner.current_sparsity = sparsity
@@ -522,14 +522,13 @@ class _Backup:
     @torch.no_grad()
     def compact_(self) -> None:
         zero = (self.weight.detach() == 0).to("cpu")
-        self.saved = self.saved[zero]
+        self.saved = torch.masked_select(self.saved, zero)  # row-major order, no index tensor
         self.compact = True
 
     @torch.no_grad()
     def restore_(self) -> None:
         if self.compact:
-            zero = self.weight == 0
-            self.weight[zero] = self.saved.to(self.weight.device)
+            self.weight.masked_scatter_(self.weight == 0, self.saved.to(self.weight.device))
         else:
             self.weight.copy_(self.saved.to(self.weight.device))
 

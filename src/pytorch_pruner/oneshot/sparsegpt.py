@@ -55,30 +55,28 @@ def prepare_hessian(
 def prepare_hessian_(
     hessian: torch.Tensor, *, damping: float = DAMPING, name: str = "the layer"
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`prepare_hessian` that consumes *hessian* (float32, no autograd; damped in place, then
-    freed step by step when the caller keeps no reference, e.g. ``prepare_hessian_(stats.take())``):
-    at most two ``[cols, cols]`` matrices at a time. (Not wrapped in ``torch.no_grad()``: a
-    decorator would hold the argument to the end.)"""
+    """:func:`prepare_hessian` in the memory of *hessian* (float32, symmetric, no autograd), which it
+    overwrites: no second ``[cols, cols]`` matrix. ``U`` is returned as a transposed view of that
+    memory: LAPACK works in column-major order, and a symmetric row-major matrix read column-major
+    is itself, so the Cholesky factorisations and the inverse run in place."""
     if hessian.requires_grad:
         raise PruningError(f"sparsegpt: the Hessian of {name} must not require grad (detach it)")
     if hessian.dtype != torch.float32:
         raise PruningError(f"sparsegpt: the Hessian of {name} must be float32, not {hessian.dtype}")
+    if not hessian.is_contiguous():
+        hessian = hessian.contiguous()
     diagonal = torch.diagonal(hessian)
     dead = diagonal == 0
     diagonal.masked_fill_(dead, 1.0)
     diagonal.add_(damping * float(diagonal.mean()))
-    del diagonal
-    # U: the upper Cholesky factor of H⁻¹; each step frees the previous matrix (when the caller
-    # holds no other reference to *hessian*)
-    factor, info = torch.linalg.cholesky_ex(hessian)
-    del hessian
+    work = hessian.mT  # column-major: LAPACK's own layout, so out=work needs no copy
+    info = torch.zeros((), dtype=torch.int32, device=hessian.device)
+    torch.linalg.cholesky_ex(work, out=(work, info))  # L, H = L Lᵀ
     if int(info) == 0:
-        inverse = torch.cholesky_inverse(factor)
-        del factor
-        upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
-        del inverse
+        torch.cholesky_inverse(work, out=work)  # H⁻¹
+        torch.linalg.cholesky_ex(work, upper=True, out=(work, info))  # U, H⁻¹ = Uᵀ U
         if int(info) == 0:
-            return upper, dead
+            return work, dead
     raise PruningError(
         f"sparsegpt: the Hessian of {name} is not positive definite even after damping; give more (or more "
         "varied) calibration tokens, or prune this layer with wanda"
@@ -153,11 +151,11 @@ def sparsegpt_(
             column = block[:, i]
             kept = torch.where(chosen[:, i], torch.zeros_like(column), column)
             err = (column - kept) / diag[i]
-            block[:, i:].sub_(err.unsqueeze(1) * u_block[i, i:].unsqueeze(0))
+            block[:, i:].addr_(err, u_block[i, i:], alpha=-1)  # in place: no [rows, block] temporary
             block[:, i] = kept
             errors[:, i] = err
         w[:, i1:i2] = block
         if i2 < cols:
-            w[:, i2:].sub_(errors @ u[i1:i2, i2:])
-    w[prune] = 0.0
+            w[:, i2:].addmm_(errors, u[i1:i2, i2:], alpha=-1)  # no [rows, cols] temporary
+    w.masked_fill_(prune, 0.0)  # (w[prune] = 0 would build the int64 indices of every pruned weight)
     return w, ~prune
