@@ -386,8 +386,9 @@ def prune_oneshot_(
             ``"cuda"`` for a model kept on the CPU; default: where the model is.
         progress: a progress bar per block (tqdm when installed, else a line per block on stderr).
         restore_on_error: keep a CPU copy of each block's original weights while the run lasts, so an
-            error at any block leaves the whole model as it was (costs host memory the size of the
-            pruned weights; ``False`` saves it, and an error then leaves the earlier blocks pruned).
+            error at any block leaves the whole model as it was (costs host memory: sparsegpt the size
+            of the pruned weights, magnitude and wanda only the original values where they wrote
+            zeros; ``False`` saves it, and an error then leaves the earlier blocks pruned).
         sub_batch_tokens: run each block on sub-batches of at most this many tokens (whole
             sequences, at least one), which bounds the activations inside a block (attention scores,
             MLP intermediates, the criteria's copies of layer inputs) whatever the calibration batch

@@ -58,7 +58,8 @@ def prepare_hessian_(
     """:func:`prepare_hessian` in the memory of *hessian* (float32, symmetric, no autograd), which it
     overwrites: no second ``[cols, cols]`` matrix. ``U`` is returned as a transposed view of that
     memory: LAPACK works in column-major order, and a symmetric row-major matrix read column-major
-    is itself, so the Cholesky factorisations and the inverse run in place."""
+    is itself, so the Cholesky factorisations and the inverse run in place. (On the CPU; on other
+    devices each step allocates its result and frees the previous one: two matrices at a time.)"""
     if hessian.requires_grad:
         raise PruningError(f"sparsegpt: the Hessian of {name} must not require grad (detach it)")
     if hessian.dtype != torch.float32:
@@ -69,14 +70,25 @@ def prepare_hessian_(
     dead = diagonal == 0
     diagonal.masked_fill_(dead, 1.0)
     diagonal.add_(damping * float(diagonal.mean()))
-    work = hessian.mT  # column-major: LAPACK's own layout, so out=work needs no copy
-    info = torch.zeros((), dtype=torch.int32, device=hessian.device)
-    torch.linalg.cholesky_ex(work, out=(work, info))  # L, H = L Lᵀ
-    if int(info) == 0:
-        torch.cholesky_inverse(work, out=work)  # H⁻¹
-        torch.linalg.cholesky_ex(work, upper=True, out=(work, info))  # U, H⁻¹ = Uᵀ U
+    if hessian.device.type == "cpu":
+        work = hessian.mT  # column-major: LAPACK's own layout, so out=work needs no copy
+        info = torch.zeros((), dtype=torch.int32, device=hessian.device)
+        torch.linalg.cholesky_ex(work, out=(work, info))  # L, H = L Lᵀ
         if int(info) == 0:
-            return work, dead
+            torch.cholesky_inverse(work, out=work)  # H⁻¹
+            torch.linalg.cholesky_ex(work, upper=True, out=(work, info))  # U, H⁻¹ = Uᵀ U
+            if int(info) == 0:
+                return work, dead
+    else:  # the in-place path is tested on the CPU only: elsewhere each step frees the one before
+        factor, info = torch.linalg.cholesky_ex(hessian)
+        del hessian
+        if int(info) == 0:
+            inverse = torch.cholesky_inverse(factor)
+            del factor
+            upper, info = torch.linalg.cholesky_ex(inverse, upper=True)
+            del inverse
+            if int(info) == 0:
+                return upper, dead
     raise PruningError(
         f"sparsegpt: the Hessian of {name} is not positive definite even after damping; give more (or more "
         "varied) calibration tokens, or prune this layer with wanda"
