@@ -91,6 +91,23 @@ def test_nan_scores_do_not_break_the_ranking() -> None:
     assert chosen.tolist() == [False, True, True, False]
 
 
+@pytest.mark.parametrize("domain", ["global", "local"])
+def test_nan_scores_found_by_the_scan_rank_lowest_on_large_inputs(domain: str) -> None:
+    """Above the direct size the NaN check rides on the scan (no pass of its own): the result must
+    be that of the scores with NaN as -1, also when the NaN sit below, inside and above the cut."""
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.rand(300_000, generator=g), torch.rand(200_000, generator=g)
+    a[[5, 70_000, 299_999]] = float("nan")
+    b[[0, 123_456]] = float("nan")
+    layers = [LayerUnits(a, 4, 4 * a.numel(), max_sparsity=0.95), LayerUnits(b, 4, 4 * b.numel(), max_sparsity=0.95)]
+    cleaned = [LayerUnits(torch.nan_to_num(u.scores, nan=-1.0), 4, u.numel, max_sparsity=0.95) for u in layers]
+    got, want = select(layers, 0.7, domain), select(cleaned, 0.7, domain)
+    assert all(torch.equal(x, y) for x, y in zip(got, want, strict=True))
+    assert got[0][[5, 70_000, 299_999]].all() and got[1][[0, 123_456]].all()
+    assert torch.equal(lowest_k(a, 1000), lowest_k(torch.nan_to_num(a, nan=-1.0), 1000))
+    assert lowest_k(a, 3)[[5, 70_000, 299_999]].all()
+
+
 def test_unknown_domain() -> None:
     with pytest.raises(ValueError, match="domain must be 'global', 'local' or 'row'"):
         select([units(4)], 0.5, "everywhere")
