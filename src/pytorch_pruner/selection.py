@@ -240,8 +240,11 @@ def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], co
         inside = hist[:, b]
         klo, khi = klo + (b << shift), min(khi, klo + (b << shift) + (1 << shift) - 1)
         vlo, vhi = _value(klo), _value(khi)
-        narrowed = [(values, (values >= vlo) & (values <= vhi)) for values, _ in pooled]
-        pooled = [(values[keep], layer[keep]) for (values, keep), (_, layer) in zip(narrowed, pooled, strict=True)]
+        narrowed = []
+        for values, layer in pooled:
+            keep = (values >= vlo) & (values <= vhi)
+            narrowed.append((values[keep], layer[keep]))
+        pooled = narrowed
     below_l, equal_l = below.tolist(), inside.tolist()
     counts, take = _walk(below_l, equal_l, k, lo, hi)
     return _Cut(_value(klo), sizes.sum(0).tolist(), below_l, equal_l, counts, take, scan)
@@ -502,9 +505,13 @@ def lowest_k(scores: torch.Tensor, k: int, comm: Comm | None = None) -> torch.Te
     *comm*, *scores* is this rank's run of the units and *k* counts over all ranks.
     """
     comm = comm or _LOCAL
-    part = _flat(scores)
-    units = int(comm.sum_(torch.tensor([part.numel()], dtype=torch.long))[0])
-    return _cleaned_on_nan(lambda s: [_lowest_one(s[0], k, units, comm)], [part])[0]
+    units = int(comm.sum_(torch.tensor([scores.numel()], dtype=torch.long))[0])
+    return _lowest_of(scores, k, units, comm)
+
+
+def _lowest_of(scores: torch.Tensor, k: int, units: int, comm: Comm) -> torch.Tensor:
+    """:func:`_lowest_one` of *scores* as float32, NaN ranked as -1 if the scan finds any."""
+    return _cleaned_on_nan(lambda s: [_lowest_one(s[0], k, units, comm)], [_flat(scores)])[0]
 
 
 Domain = Callable[[Sequence[LayerUnits], float, Comm], list[torch.Tensor]]
@@ -515,9 +522,7 @@ def _select_local(layers: Sequence[LayerUnits], sparsity: float, comm: Comm) -> 
     for layer in layers:
         lo, hi = layer.bounds(sparsity)
         k = min(max(layer.units_for(sparsity), lo), hi)
-        chosen.append(
-            _cleaned_on_nan(lambda s, k=k, n=layer.units: [_lowest_one(s[0], k, n, comm)], [_flat(layer.scores)])[0]
-        )
+        chosen.append(_lowest_of(layer.scores, k, layer.units, comm))
     return chosen
 
 
