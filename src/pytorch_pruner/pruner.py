@@ -6,8 +6,9 @@ selection for which units go, and the schedule for when and how far — and owns
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from .criteria import ScoreSlot
 from .distributed import ProcessGroupComm, is_dtensor
 from .errors import PruningError, StateError
 from .patterns import NInM, NxM, Pattern
-from .selection import EPS, LayerUnits, select
+from .selection import EPS, LayerUnits, LazyScores, select
 from .targets import Target
 
 __all__ = ["MaskedLayer", "Pruner", "sync_counts"]
@@ -207,8 +208,16 @@ class Pruner:
 
     # -- pruning steps ---------------------------------------------------------------------
     @torch.no_grad()
-    def prune(self, step: int) -> None:
-        """Recompute the masks for the schedule's sparsity at *step* and zero the pruned weights."""
+    def prune(self, step: int, low_memory: bool = False, apply: bool = True) -> None:
+        """Recompute the masks for the schedule's sparsity at *step* and zero the pruned weights
+        (not with ``apply=False``: then :meth:`apply_masks` does it, e.g. once the caller has kept
+        what the masks will zero).
+
+        With *low_memory*, a criterion whose scores are cheap to make again (magnitude, wanda: see
+        :meth:`~pytorch_pruner.criteria.Criterion.lazy_scores`) has them made one layer at a time,
+        each time selection reads them: the step then holds one layer's scores instead of every
+        layer's (global ranking reads each layer 2-3 times), and the masks are the same.
+        """
         if self.criterion.fixed_mask:  # pattern_lock: the mask was fixed at on_train_begin
             self.apply_masks()
             return
@@ -228,12 +237,26 @@ class Pruner:
                 "torch.device('meta') and not materialized): materialize it first, e.g. "
                 "model.to_empty(device=...) and load or initialize the weights, then train"
             )
-        scores = self.criterion.scores()
         s = self.settings
-        ranked = [self.pattern.rank_units(score) for score in scores]  # N:M candidates: once per step
+        makers = self.criterion.lazy_scores() if low_memory else None
+        if makers is None:
+            held = self.criterion.scores()
+            ranked = [self.pattern.rank_units(score) for score in held]  # N:M candidates: once per step
+            scores: list[torch.Tensor] | None = held
+            unit_scores: list[torch.Tensor | LazyScores] = [u for u, _ in ranked]
+        else:
+            scores, ranked = None, []
+            unit_scores = [
+                LazyScores(
+                    functools.partial(_units_of, self.pattern, make),
+                    self.pattern.num_units(*layer.target.shape2d),
+                    layer.keep.device,
+                )
+                for layer, make in zip(self.layers, makers, strict=True)
+            ]
         units = [
             LayerUnits(
-                scores=unit_scores,
+                scores=layer_scores,
                 unit_elements=self.pattern.unit_elements(*layer.target.full_shape2d),
                 numel=layer.numel,
                 max_sparsity=s.max_sparsity_ratio_per_layer,
@@ -242,15 +265,26 @@ class Pruner:
                 total_units=None if self.comm is None else self.pattern.num_units(*layer.target.full_shape2d),
                 rows=int(layer.keep.shape[0]),
             )
-            for layer, (unit_scores, _) in zip(self.layers, ranked, strict=True)
+            for layer, layer_scores in zip(self.layers, unit_scores, strict=True)
         ]
+        del unit_scores
         if step >= self.schedule.last_step:  # masks are final: input statistics are no longer needed
             self.criterion.remove_hooks()
-        chosen = select(units, sparsity, s.prune_domain, comm=self.comm)
-        for layer, pruned, score, (_, memo) in zip(self.layers, chosen, scores, ranked, strict=True):
+        chosen: list[torch.Tensor | None] = list(select(units, sparsity, s.prune_domain, comm=self.comm))
+        del units
+        for i, layer in enumerate(self.layers):
+            pruned, chosen[i] = chosen[i], None  # freed layer by layer
+            assert pruned is not None
+            if scores is not None:
+                score, memo = scores[i], ranked[i][1]
+            else:
+                assert makers is not None
+                score, memo = _made_again(self.pattern, makers[i], tuple(layer.keep.shape), layer.keep.device)
             layer.keep.copy_(self.pattern.keep_mask_from(pruned.to(layer.keep.device), score, memo))
+            del pruned, score, memo
         self.refresh_masks()
-        self.apply_masks()
+        if apply:
+            self.apply_masks()
 
     def refresh_masks(self) -> None:
         """Rebuild what the hot path uses from the masks of record (after they changed)."""
@@ -396,6 +430,24 @@ class Pruner:
         self.current_sparsity = float(state["current_sparsity"])
         self.refresh_masks()
         self.apply_masks()
+
+
+def _units_of(pattern: Pattern, make: Callable[[], torch.Tensor]) -> torch.Tensor:
+    """Unit scores from scores made now (a :class:`LazyScores` of a low-memory pruning step)."""
+    return pattern.rank_units(make())[0]
+
+
+def _made_again(
+    pattern: Pattern, make: Callable[[], torch.Tensor], shape: tuple[int, ...], device: torch.device
+) -> tuple[torch.Tensor, object]:
+    """Scores and ``rank_units`` memo for :meth:`Pattern.keep_mask_from` on a low-memory step: made
+    again if the pattern reads them (N:M's candidates, GQA's order), else a placeholder of their shape
+    (the base class's masks need only the shape)."""
+    kind = type(pattern)
+    if kind.keep_mask is Pattern.keep_mask and kind.keep_mask_from is Pattern.keep_mask_from:
+        return torch.empty(shape, device="meta"), None
+    score = make()
+    return score, pattern.rank_units(score)[1]
 
 
 _INT_OF_SIZE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

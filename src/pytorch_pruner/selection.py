@@ -39,7 +39,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["DOMAINS", "EPS", "Comm", "LayerUnits", "kth_smallest", "lowest_k", "select", "select_rows"]
+__all__ = ["DOMAINS", "EPS", "Comm", "LayerUnits", "LazyScores", "kth_smallest", "lowest_k", "select", "select_rows"]
 
 #: slack for float error when a fraction of a count is rounded
 EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
@@ -66,6 +66,37 @@ class Comm:
 _LOCAL = Comm()
 
 
+class LazyScores:
+    """A layer's unit scores made on demand: *make* returns them (1-D float32, *numel* long, on
+    *device*) each time they are needed, and selection holds them only while it reads them.
+
+    Global ranking reads every layer's scores several times (a sample, one counting pass, and the
+    masks of layers held at a bound), one layer at a time: with lazy scores its memory is one
+    layer's scores instead of every layer's, for the cost of making them again (e.g. ``|W|``). *make*
+    must return the same values on every call (the masks would not be exact otherwise).
+    """
+
+    def __init__(self, make: Callable[[], torch.Tensor], numel: int, device: torch.device) -> None:
+        self.make, self._numel, self.device = make, numel, device
+
+    def numel(self) -> int:
+        return self._numel
+
+    def __call__(self) -> torch.Tensor:
+        scores = self.make().detach().reshape(-1)
+        if scores.numel() != self._numel:
+            raise RuntimeError(f"lazy scores changed size: made {scores.numel()}, declared {self._numel}")
+        return scores if scores.dtype == torch.float32 else scores.float()
+
+
+Scores = torch.Tensor | LazyScores
+
+
+def _get(part: Scores) -> torch.Tensor:
+    """*part*'s scores as a tensor (lazy ones made now: hold the result only while reading it)."""
+    return part() if isinstance(part, LazyScores) else part
+
+
 @dataclass(frozen=True)
 class LayerUnits:
     """What selection needs to know of one layer.
@@ -75,7 +106,7 @@ class LayerUnits:
     whole layer's.
     """
 
-    scores: torch.Tensor  # 1-D, one per unit
+    scores: torch.Tensor | LazyScores  # 1-D, one per unit (lazy: made when read, see LazyScores)
     unit_elements: int  # weights zeroed by pruning one unit
     numel: int  # weights in the layer
     max_sparsity: float = 1.0
@@ -119,7 +150,11 @@ def _chunks(x: torch.Tensor) -> list[torch.Tensor]:
     return [x[i : i + _CHUNK] for i in range(0, x.numel(), _CHUNK)]
 
 
-def _flat(scores: torch.Tensor) -> torch.Tensor:
+def _flat(scores: Scores) -> Scores:
+    return scores if isinstance(scores, LazyScores) else _flat_tensor(scores)  # lazy ones are made 1-D float32
+
+
+def _flat_tensor(scores: torch.Tensor) -> torch.Tensor:
     scores = scores.detach().reshape(-1)
     return scores if scores.dtype == torch.float32 else scores.float()
 
@@ -131,9 +166,16 @@ def _has_nan(part: torch.Tensor, total: torch.Tensor | None = None) -> bool:
     return bool(torch.isnan(part.sum() if total is None else total)) and bool(part.isnan().any())
 
 
-def _clean(scores: torch.Tensor) -> torch.Tensor:
+def _clean(scores: Scores) -> Scores:
     # NaN would make the ranking meaningless; a NaN score is treated as "least important".
-    scores = _flat(scores)
+    if isinstance(scores, LazyScores):
+        lazy = scores
+        return LazyScores(lambda: _clean_tensor(lazy()), lazy.numel(), lazy.device)
+    return _clean_tensor(scores)
+
+
+def _clean_tensor(scores: torch.Tensor) -> torch.Tensor:
+    scores = _flat_tensor(scores)
     return torch.nan_to_num(scores, nan=-1.0) if _has_nan(scores) else scores
 
 
@@ -141,9 +183,7 @@ class _NaNScores(Exception):
     """Some rank's scores hold NaN (found by the scan, agreed over the ranks): clean them, start again."""
 
 
-def _cleaned_on_nan(
-    run: Callable[[list[torch.Tensor]], list[torch.Tensor]], scores: list[torch.Tensor]
-) -> list[torch.Tensor]:
+def _cleaned_on_nan(run: Callable[[list[Scores]], list[torch.Tensor]], scores: list[Scores]) -> list[torch.Tensor]:
     """``run(scores)``; if the scan finds NaN (every rank learns it from the same all-reduce), again
     with NaN as -1 ("least important"). The scan checks for NaN on the chunks it reads anyway, so
     clean scores cost no pass of their own (a separate sum was 8% of a selection at 5e8 scores)."""
@@ -185,7 +225,7 @@ def _clamped(counts: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor) -> torch.
     return torch.minimum(torch.maximum(counts, lo), hi)
 
 
-def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], comm: Comm, masks: bool = True) -> _Cut:
+def _cut(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int], comm: Comm, masks: bool = True) -> _Cut:
     """The exact cut for ``G(v) = sum_i clamp(#units of layer i <= v, lo_i, hi_i)`` to reach *k*,
     over every rank's *parts* (one 1-D float32 tensor per layer: this rank's units).
 
@@ -251,7 +291,7 @@ def _cut(parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], co
 
 
 def _bracket(
-    parts: Sequence[torch.Tensor], k: int, lo: torch.Tensor, hi: torch.Tensor, sizes: torch.Tensor, comm: Comm
+    parts: Sequence[Scores], k: int, lo: torch.Tensor, hi: torch.Tensor, sizes: torch.Tensor, comm: Comm
 ) -> tuple[int, int]:
     """Keys that bracket the cut with near certainty, from a fixed-seed sample of every rank's units:
     the estimate of G from the sample is off by more than ``margin`` with probability below 1e-6."""
@@ -265,7 +305,7 @@ def _bracket(
         start, n = int(starts[comm.rank, i]), int(takes[comm.rank, i])
         if n:
             index = torch.randint(part.numel(), (n,), generator=generator).to(part.device)
-            sample[start : start + n] = part[index].cpu()
+            sample[start : start + n] = _get(part)[index].cpu()
     sample = comm.sum_(sample)  # every rank's share, in [rank, layer] order
     n_layers = sizes.shape[1]
     # one sorted array of (layer, key): each layer's sampled units at or below a key by searchsorted
@@ -310,16 +350,17 @@ class _Kept:
     """One layer's units inside the bracket on this rank: their scores (``values``), and from the
     bracketing pass their positions and the mask of the units below the bracket (``below``, the
     full-size start of the layer's mask). ``whole``: too many inside to keep, the part itself
-    (a view, no copy) is rescanned each round and its mask made by a pass of its own."""
+    (a view, no copy, or the lazy scores, made again) is rescanned each round and its mask made by
+    a pass of its own."""
 
-    values: torch.Tensor
+    values: Scores
     positions: torch.Tensor | None = None
     below: torch.Tensor | None = None
     whole: bool = False
 
 
 def _scan(
-    parts: Sequence[torch.Tensor], klo: int, khi: int, limit: int, masks: bool = False
+    parts: Sequence[Scores], klo: int, khi: int, limit: int, masks: bool = False
 ) -> tuple[torch.Tensor, list[_Kept]]:
     """This rank's counts per layer of the units below ``klo`` and inside ``[klo, khi]``, and whether
     the layer's scores hold NaN (a [3, layer] tensor), and the units inside: kept while they fit in
@@ -329,12 +370,13 @@ def _scan(
     counts = torch.zeros(3, len(parts), dtype=torch.long)
     if (klo, khi) == (_KEY_MIN, _KEY_MAX):
         counts[1] = torch.tensor([part.numel() for part in parts], dtype=torch.long)
-        counts[2] = torch.tensor([_has_nan(part) for part in parts], dtype=torch.long)
+        counts[2] = torch.tensor([_has_nan(_get(part)) for part in parts], dtype=torch.long)
         return counts, [_Kept(part, whole=True) for part in parts]
     vlo, vhi = _value(klo), _value(khi)
     band: list[_Kept] = []
     kept = 0
-    for i, part in enumerate(parts):
+    for i, lazy in enumerate(parts):
+        part = _get(lazy)
         n = part.numel()
         lower = torch.empty(n if masks else min(n, _CHUNK), dtype=torch.bool, device=part.device)
         upper = torch.empty(min(n, _CHUNK), dtype=torch.bool, device=part.device)
@@ -360,7 +402,7 @@ def _scan(
         kept += inside.numel()
         if kept > limit:  # too many to keep: rescan this part each round instead
             kept -= inside.numel()
-            band.append(_Kept(part, whole=True))
+            band.append(_Kept(lazy, whole=True))
         elif masks:
             band.append(_Kept(inside, _joined(positions, torch.empty(0, dtype=index, device=part.device)), lower))
         else:
@@ -380,20 +422,21 @@ def _pooled(band: list[_Kept]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         if kept.whole or not kept.values.numel():
             continue
         values, layers = by_device.setdefault(kept.values.device, ([], []))
-        values.append(kept.values)
+        values.append(_get(kept.values))  # a tensor: only whole parts are lazy
         layers.append(torch.full((kept.values.numel(),), i, dtype=torch.int32, device=kept.values.device))
     return [(_joined(v, v[0]), _joined(n, n[0])) for v, n in by_device.values()]
 
 
 def _keys_in(kept: _Kept, klo: int, khi: int) -> Iterator[torch.Tensor]:
     vlo, vhi = _value(klo), _value(khi)
-    for chunk in _chunks(kept.values):
+    for chunk in _chunks(_get(kept.values)):
         yield _key(chunk[(chunk >= vlo) & (chunk <= vhi)])
 
 
 # -- masks from a cut --------------------------------------------------------------------------
-def _mask_below(part: torch.Tensor, value: float, ties: int, all_ties: bool) -> torch.Tensor:
+def _mask_below(part: Scores, value: float, ties: int, all_ties: bool) -> torch.Tensor:
     """Units below *value*, and the first *ties* of those equal to it (*all_ties*: every one)."""
+    part = _get(part)
     mask = torch.empty(part.numel(), dtype=torch.bool, device=part.device)
     compare = torch.le if all_ties else torch.lt
     for start in range(0, part.numel(), _CHUNK):
@@ -413,7 +456,7 @@ def _mask_from_scan(kept: _Kept, value: float, ties: int, all_ties: bool) -> tor
     """:func:`_mask_below` from the bracketing pass: its mask of the units below the bracket, plus
     the units inside it that are below *value*, and the first *ties* (by position) equal to it."""
     assert kept.below is not None and kept.positions is not None
-    mask, values, positions = kept.below, kept.values, kept.positions
+    mask, values, positions = kept.below, _get(kept.values), kept.positions
     kept.below = None  # handed over: the mask is the caller's now
     take = values <= value if all_ties else values < value
     mask[positions[take].long()] = True
@@ -422,7 +465,7 @@ def _mask_from_scan(kept: _Kept, value: float, ties: int, all_ties: bool) -> tor
     return mask
 
 
-def _local_ties(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[int]:
+def _local_ties(parts: Sequence[Scores], cut: _Cut, comm: Comm) -> list[int]:
     """Ties at the cut's value this rank takes per layer: the first ``cut.take`` by global position,
     rank by rank. Only layers whose ties are split need the other ranks' counts."""
     ties = list(cut.take)
@@ -432,7 +475,7 @@ def _local_ties(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[in
     local = torch.zeros(comm.world, len(split), dtype=torch.long)
     for j, i in enumerate(split):
         kept = cut.scan[i]  # every unit equal to the cut's value is inside the bracket
-        source = _chunks(parts[i]) if kept.whole else [kept.values]
+        source = _chunks(_get(parts[i])) if kept.whole else [_get(kept.values)]
         local[comm.rank, j] = sum(int(torch.count_nonzero(c == cut.value)) for c in source)
     per_rank = comm.sum_(local)
     before = per_rank[: comm.rank].sum(0)
@@ -441,7 +484,7 @@ def _local_ties(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[in
     return ties
 
 
-def _masks(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[torch.Tensor]:
+def _masks(parts: Sequence[Scores], cut: _Cut, comm: Comm) -> list[torch.Tensor]:
     """The masks of the walk that stopped at *cut*; a layer held at a bound away from the cut's
     value (a cap below it, a floor above it) gets its own lowest units."""
     ties = _local_ties(parts, cut, comm)
@@ -460,16 +503,14 @@ def _masks(parts: Sequence[torch.Tensor], cut: _Cut, comm: Comm) -> list[torch.T
     return masks
 
 
-def _lowest_one(part: torch.Tensor, k: int, units: int, comm: Comm) -> torch.Tensor:
+def _lowest_one(part: Scores, k: int, units: int, comm: Comm) -> torch.Tensor:
     """The *k* lowest of one layer's *units* (over all ranks; *part* is this rank's)."""
     if k <= 0 or k >= units:
         return torch.full((part.numel(),), k > 0, dtype=torch.bool, device=part.device)
     return _masks([part], _cut([part], k, [0], [units], comm), comm)[0]
 
 
-def _lowest_within(
-    parts: Sequence[torch.Tensor], k: int, lo: list[int], hi: list[int], comm: Comm
-) -> list[torch.Tensor]:
+def _lowest_within(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int], comm: Comm) -> list[torch.Tensor]:
     """Masks of the *k* lowest units over all layers, each layer between its lo and hi units: the
     floors' units first, then one ranking of the rest; floors alone over *k*: a ranking of theirs."""
     if k <= 0:
@@ -509,7 +550,7 @@ def lowest_k(scores: torch.Tensor, k: int, comm: Comm | None = None) -> torch.Te
     return _lowest_of(scores, k, units, comm)
 
 
-def _lowest_of(scores: torch.Tensor, k: int, units: int, comm: Comm) -> torch.Tensor:
+def _lowest_of(scores: Scores, k: int, units: int, comm: Comm) -> torch.Tensor:
     """:func:`_lowest_one` of *scores* as float32, NaN ranked as -1 if the scan finds any."""
     return _cleaned_on_nan(lambda s: [_lowest_one(s[0], k, units, comm)], [_flat(scores)])[0]
 
@@ -533,7 +574,7 @@ def _select_global(layers: Sequence[LayerUnits], sparsity: float, comm: Comm) ->
     if len(sizes) == 1:
         k = budget // sizes.pop()
         return _cleaned_on_nan(lambda s: _lowest_within(s, k, lo, hi, comm), [_flat(layer.scores) for layer in layers])
-    scores = [_clean(layer.scores) for layer in layers]
+    scores = [_get(_clean(layer.scores)) for layer in layers]
     if comm.world > 1:
         raise NotImplementedError(
             "global ranking of units of different sizes (channel patterns over layers of different "
@@ -585,7 +626,7 @@ def select_rows(layer: LayerUnits, sparsity: float) -> torch.Tensor:
     """
     if layer.rows == 0:  # a shard without rows (FSDP2's last ranks may hold none)
         return torch.zeros(0, dtype=torch.bool, device=layer.scores.device)
-    scores = _clean(layer.scores).reshape(layer.rows, -1)
+    scores = _get(_clean(layer.scores)).reshape(layer.rows, -1)
     per_row = scores.shape[1]
     # a row's weights over the weights its units zero: per_row for patterns that tile, per_row * M/N for N:M
     capacity = per_row * layer.numel / (layer.units * layer.unit_elements)

@@ -16,8 +16,10 @@ The forward hooks that feed them are the criterion's own; :meth:`remove_hooks` t
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import torch
@@ -58,7 +60,10 @@ class ActivationStats:
         if tokens == 0:
             return
         total = self.count + tokens
-        self.mean_sq.mul_((self.count / total).float()).add_(flat.pow(2).sum(0).div_(total.float()))
+        # Σx² per feature as a squared 2-norm: a reduction with no copy of the inputs (pow(2) would
+        # make one: a sub-batch's worth of activations); equal to the sum of squares up to rounding
+        square_sums = torch.linalg.vector_norm(flat, 2, dim=0).square_()
+        self.mean_sq.mul_((self.count / total).float()).add_(square_sums.div_(total.float()))
         self.count.copy_(total)
 
     def mean(self, group: Any = None) -> torch.Tensor:
@@ -216,6 +221,10 @@ class Wanda(_InputCriterion):
 
     def element_scores(self) -> list[torch.Tensor]:
         """Element-level scores in each layer's 2-D view (float32)."""
+        return [_wanda(slot, norm) for slot, norm in zip(self.slots, self._norms(), strict=True)]
+
+    def _norms(self) -> list[torch.Tensor]:
+        """Per slot, ``sqrt(mean x²)`` of each column of its 2-D view, on the weight's device."""
         out = []
         for slot, stats, repeat in zip(self.slots, self.stats, self.repeats, strict=True):
             if int(stats.count) == 0:
@@ -225,11 +234,9 @@ class Wanda(_InputCriterion):
                 )
             norm = stats.mean(self.group).sqrt()
             if not bool(torch.isfinite(norm).all()):
-                warnings.warn("wanda: inf/NaN in the input statistics of a layer; those inputs score 0", stacklevel=2)
+                warnings.warn("wanda: inf/NaN in the input statistics of a layer; those inputs score 0", stacklevel=3)
                 norm = torch.nan_to_num(norm, nan=0.0, posinf=0.0)
-            norm = norm.repeat(repeat)
-            with torch.no_grad():
-                out.append(slot.to_2d(slot.weight.detach()).abs().float().mul_(norm.to(slot.weight.device)))
+            out.append(norm.repeat(repeat).to(slot.weight.device))
         return out
 
     def scores(self) -> list[torch.Tensor]:
@@ -237,6 +244,12 @@ class Wanda(_InputCriterion):
         for stats in self.stats:  # the next pruning step sees only the inputs that follow
             stats.reset_()
         return scores
+
+    def lazy_scores(self) -> list[Callable[[], torch.Tensor]]:
+        norms = self._norms()  # small (one per input feature): taken now, the statistics start again
+        for stats in self.stats:
+            stats.reset_()
+        return [functools.partial(_wanda_scores, slot, norm) for slot, norm in zip(self.slots, norms, strict=True)]
 
     def state_dict(self) -> dict[str, Any]:
         return {"mean_sq": [s.mean_sq.clone() for s in self.stats], "count": [s.count.clone() for s in self.stats]}
@@ -248,6 +261,16 @@ class Wanda(_InputCriterion):
 
     def state_bytes(self) -> int:
         return sum(s.mean_sq.numel() * 4 + 8 for s in self.stats)
+
+
+@torch.no_grad()
+def _wanda(slot: ScoreSlot, norm: torch.Tensor) -> torch.Tensor:
+    """``|W| · norm`` in the slot's 2-D view (float32), *norm* broadcast over the rows."""
+    return slot.to_2d(slot.weight.detach()).abs().float().mul_(norm)
+
+
+def _wanda_scores(slot: ScoreSlot, norm: torch.Tensor) -> torch.Tensor:
+    return slot.reduce(_wanda(slot, norm))
 
 
 @CRITERIA.register("sparsegpt")

@@ -173,6 +173,17 @@ class Criterion(ABC):
     def scores(self) -> list[torch.Tensor]:
         """The scores of each slot, in ``score_shape``, as of now."""
 
+    def lazy_scores(self) -> list[Callable[[], torch.Tensor]] | None:
+        """The scores of :meth:`scores`, as one function per slot that makes them on each call, or
+        ``None`` (the default) when they are state the criterion holds anyway.
+
+        For criteria whose scores are cheap to make from the weights and small statistics (magnitude,
+        wanda): a low-memory pruning step ranks one layer at a time, calling each function 2-3 times.
+        Each call must give the same values until the masks are applied. Like :meth:`scores`, calling
+        this takes the evidence (e.g. wanda starts its statistics again).
+        """
+        return None
+
     def remove_hooks(self) -> None:  # noqa: B027 (optional: only criteria with hooks override it)
         """Take off any hook the criterion put on the model."""
 

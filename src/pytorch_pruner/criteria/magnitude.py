@@ -5,9 +5,12 @@ INC v1 ranked by signed W, which prunes large negative weights first; we use the
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+
 import torch
 
-from .base import CRITERIA, Criterion
+from .base import CRITERIA, Criterion, ScoreSlot
 
 __all__ = ["Magnitude"]
 
@@ -15,5 +18,12 @@ __all__ = ["Magnitude"]
 @CRITERIA.register("magnitude")
 class Magnitude(Criterion):
     def scores(self) -> list[torch.Tensor]:
-        with torch.no_grad():
-            return [s.reduce(s.to_2d(s.weight.detach().abs()).float()) for s in self.slots]
+        return [_magnitude(s) for s in self.slots]
+
+    def lazy_scores(self) -> list[Callable[[], torch.Tensor]]:
+        return [functools.partial(_magnitude, s) for s in self.slots]
+
+
+@torch.no_grad()
+def _magnitude(slot: ScoreSlot) -> torch.Tensor:
+    return slot.reduce(slot.to_2d(slot.weight.detach().abs()).float())

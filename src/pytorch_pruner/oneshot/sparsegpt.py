@@ -36,8 +36,9 @@ def _block_choice(score: torch.Tensor, pattern: Pattern, sparsity: float) -> tor
     if reason:
         raise PruningError(f"sparsegpt: a block of {cols} columns can't take the pattern: {reason}")
     reduced = pattern.reduce(score)
-    units = LayerUnits(pattern.unit_scores(reduced), pattern.unit_elements(rows, cols), rows * cols)
-    pruned = lowest_k(units.scores, units.units_for(sparsity))
+    unit_scores = pattern.unit_scores(reduced)
+    units = LayerUnits(unit_scores, pattern.unit_elements(rows, cols), rows * cols)
+    pruned = lowest_k(unit_scores, units.units_for(sparsity))
     keep = pattern.expand(pattern.keep_mask(pruned, reduced), rows, cols)
     return ~keep
 
