@@ -9,8 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from pytorch_pruner import PruningError, prune_oneshot_
+from pytorch_pruner import PruningConfig, PruningError, prune_oneshot_
 from pytorch_pruner.oneshot.blocks import find_blocks
+from pytorch_pruner.pruner import Pruner
+from pytorch_pruner.targets import find_targets
 
 transformers = pytest.importorskip("transformers")
 
@@ -172,25 +174,39 @@ def test_owl_pass_and_prune_pass_do_not_share_the_block_inputs() -> None:
     assert torch.equal(embeds, before)
 
 
+@pytest.mark.parametrize("pattern", ["1x1", "4x1"])
 @pytest.mark.parametrize("first", ["magnitude", "wanda"])
-def test_error_at_a_later_block_restores_masked_blocks_exactly(first: str) -> None:
-    """magnitude/wanda backups keep only the values their zeros replaced; restoring puts back every
-    weight, including those that were zero before the run."""
+def test_error_at_a_later_block_restores_masked_blocks_exactly(first: str, pattern: str) -> None:
+    """magnitude/wanda backups keep only the values their zeros replace; restoring puts back every
+    weight, including those that were zero before the run (4x1: zeros inside kept blocks too)."""
     torch.manual_seed(0)
     model = _llama().eval()
     with torch.no_grad():
         model.model.layers[0].mlp.down_proj.weight[:, :3] = 0.0
+        model.model.layers[0].mlp.up_proj.weight[::4, 1::2] = 0.0  # one zero in every other 4x1 block
         model.model.layers[1].input_layernorm.weight[0] = float("nan")
     before = copy.deepcopy(model.state_dict())
     config = {
         "target_sparsity": 0.5,
+        "pattern": pattern,
         "pruners": [
             {"prune_type": first, "names": [r"layers\.0\."]},
             {"prune_type": "wanda", "names": [r"layers\.1\."]},
         ],
     }
-    with pytest.raises(PruningError, match="NaN/inf activations"):
-        prune_oneshot_(model, config, _batches(), progress=False)
+    zeros_kept: list[int] = []
+    original = Pruner.apply_masks
+
+    def spy(self: Pruner) -> None:  # the run must really mask block 0, with some zero weights kept
+        original(self)
+        for layer in self.layers:
+            zeros_kept.append(int(((layer.target.weight == 0) & self.full_mask(layer)).sum()))
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Pruner, "apply_masks", spy)
+        with pytest.raises(PruningError, match="NaN/inf activations"):
+            prune_oneshot_(model, config, _batches(), progress=False)
+    assert sum(zeros_kept) > 0 if pattern == "4x1" else zeros_kept
     for key, value in before.items():
         assert torch.equal(value.nan_to_num(7.0), model.state_dict()[key].nan_to_num(7.0)), key
 
@@ -202,3 +218,40 @@ def test_sub_batch_tokens_must_be_a_positive_int() -> None:
         with pytest.raises(PruningError, match="sub_batch_tokens must be a positive int"):
             prune_oneshot_(model, _cfg("wanda"), _batches(), progress=False, sub_batch_tokens=bad)  # type: ignore[arg-type]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_magnitude_alone_runs_no_forward_and_prunes_each_block_globally() -> None:
+    torch.manual_seed(0)
+    model = MODELS["llama"]().eval()
+    reference = copy.deepcopy(model)
+    calls: list[str] = []
+    model.register_forward_pre_hook(lambda *_: calls.append("model"))
+    for block in find_blocks(model).modules:
+        block.register_forward_pre_hook(lambda *_: calls.append("block"))
+    report = prune_oneshot_(model, _cfg("magnitude"), _batches(), progress=False)
+    assert calls == []  # magnitude reads no data: the batches are checked, never run
+    assert report.tokens == 2 * ROWS * SEQ
+    settings = PruningConfig(**_cfg("magnitude"), start_step=1, end_step=1).resolved()[0]
+    for b in range(2):  # each block: one global ranking of its layers, as a Pruner does it
+        Pruner(settings, find_targets(reference, ["Linear"], [rf"layers\.{b}\."])).prune(1)
+    for (name, ours), theirs in zip(model.named_parameters(), reference.parameters(), strict=True):
+        assert torch.equal(ours, theirs), name
+    assert report.sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("calibration", "match"),
+    [
+        ([], "calibration is empty"),
+        ([torch.randn(2, SEQ)], r"calibration batch 0: a tensor batch must hold token ids"),
+        (["some text"], r"calibration batch 0 is a str"),
+        ({"input_ids": torch.zeros(2, SEQ, dtype=torch.long)}, "must be an iterable of batches"),
+    ],
+)
+def test_magnitude_alone_still_checks_the_calibration_batches(calibration: object, match: str) -> None:
+    model = MODELS["llama"]()
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(PruningError, match=match):
+        prune_oneshot_(model, _cfg("magnitude"), calibration, progress=False)  # type: ignore[arg-type]
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, before[name]), name

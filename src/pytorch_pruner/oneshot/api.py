@@ -207,10 +207,28 @@ def _whole_inputs(calibration: Iterable[Any], device: torch.device) -> list[Bloc
     return out
 
 
+def _checked_tokens(calibration: Iterable[Any]) -> int:
+    """Check every calibration batch (as :func:`_whole_inputs` does) without running or copying it;
+    return the tokens they hold."""
+    if isinstance(calibration, torch.Tensor | Mapping) or not isinstance(calibration, Iterable):
+        raise PruningError(
+            f"calibration must be an iterable of batches (dicts of tensors or input-id tensors), not one "
+            f"{type(calibration).__name__}; e.g. pass [batch]"
+        )
+    total = seen = 0
+    for index, raw in enumerate(calibration):
+        batch = check_batch(raw, index)
+        total += _tokens([((), batch) if isinstance(batch, dict) else ((batch,), {})])
+        seen += 1
+    if not seen:
+        raise PruningError("calibration is empty: give at least one batch (e.g. 128 sequences of 2048 tokens)")
+    return total
+
+
 def _tokens(inputs: list[BlockInputs]) -> int:
     total = 0
     for args, kwargs in inputs:
-        hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_ids"))
+        hidden = args[0] if args else kwargs.get("hidden_states", kwargs.get("input_ids", kwargs.get("inputs_embeds")))
         if isinstance(hidden, torch.Tensor):
             total += hidden.numel() // (hidden.shape[-1] if hidden.is_floating_point() else 1)
     return total
@@ -364,7 +382,8 @@ def prune_oneshot_(
     activations inside the block (see *sub_batch_tokens*) and the block's statistics. For each
     block: the criterion's hooks collect the input statistics of its layers while the cached
     inputs run through it (``wanda``: mean x²; ``sparsegpt``: the Hessian), the block is pruned,
-    and it runs again to give the next block's inputs. ``magnitude`` needs no data. With
+    and it runs again to give the next block's inputs. ``magnitude`` needs no data: when no
+    pruner needs it (and no OWL), the batches are only checked and counted, never run. With
     ``owl: true`` a dense pass first gives each block its own sparsity (OWL), with the target as
     the weighted mean (that pass holds a second copy of the block-boundary hidden states).
 
@@ -451,14 +470,21 @@ def prune_oneshot_(
     dev = torch.device(device) if device is not None else None
     backups: list[_Backup] = []
     report = OneShotReport()
+    # magnitude needs no data: when no pruner reads inputs (and no OWL pass), the batches are
+    # checked and counted but never run, and no hidden states are held
+    needs_data = any(s.criterion.needs_inputs or s.owl for s in settings)
     with _calibration_mode(model):
         run_device = dev or _first_device(model)
-        if blocks.whole:
+        if not needs_data:
+            inputs = []
+            report.tokens = _checked_tokens(calibration)
+        elif blocks.whole:
             inputs = _whole_inputs(calibration, run_device)
         else:
             with _outside_blocks_on(model, blocks, dev):
                 inputs = capture_inputs(model, blocks.modules[0], calibration, run_device)
-        report.tokens = _tokens(inputs)
+        if needs_data:
+            report.tokens = _tokens(inputs)
         if any(s.owl for s in settings):
             sparsity, ratios = _owl_allocation(settings, in_block, blocks, inputs, dev, progress, tokens)
             report.owl = True
@@ -473,7 +499,7 @@ def prune_oneshot_(
                     pruners = _prune_block(
                         settings, in_block, sparsity, b, block, inputs, blocks, backups, restore_on_error, tokens
                     )
-                    if b + 1 < n and not blocks.whole:
+                    if needs_data and b + 1 < n and not blocks.whole:
                         _run(block, inputs, tokens, True)  # the outputs replace the inputs, batch by batch
                 finally:
                     _restore(block, where)
@@ -510,21 +536,25 @@ def prune_oneshot_(
 class _Backup:
     """A CPU copy of one weight as it was before the one-shot run (``restore_on_error``).
 
-    :meth:`compact_`, once the weight has been masked (magnitude, wanda: only zeros were written),
-    keeps just the original values at the positions that are now zero (in row-major order):
-    about half the copy at 50% sparsity. :meth:`restore_` puts the original back either way.
+    Whole (sparsegpt rewrites the kept weights too), or compact (:meth:`before_masking`:
+    magnitude, wanda write only zeros): just the original values at the positions that will be
+    zero once the mask is applied (in row-major order), about half the copy at 50% sparsity.
+    :meth:`restore_` puts the original back either way.
     """
 
-    def __init__(self, weight: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, saved: torch.Tensor | None = None) -> None:
         self.weight = weight
-        self.saved = weight.detach().to("cpu", copy=True)
-        self.compact = False
+        self.compact = saved is not None
+        self.saved = saved if saved is not None else weight.detach().to("cpu", copy=True)
 
+    @classmethod
     @torch.no_grad()
-    def compact_(self) -> None:
-        zero = (self.weight.detach() == 0).to("cpu")
-        self.saved = torch.masked_select(self.saved, zero)  # row-major order, no index tensor
-        self.compact = True
+    def before_masking(cls, weight: torch.Tensor, keep: torch.Tensor) -> _Backup:
+        """The compact backup of *weight* before *keep* (bool, the weight's shape) is applied: the
+        values at every position that will then be zero, the pruned ones and those zero already."""
+        zero = ~keep
+        zero |= weight.detach() == 0
+        return cls(weight, torch.masked_select(weight.detach(), zero).to("cpu"))
 
     @torch.no_grad()
     def restore_(self) -> None:
@@ -559,14 +589,17 @@ def _prune_block(
             _run(block, inputs, None if blocks.whole else tokens, False)
             _check_statistics([p for _, p in pruners], blocks.names[b])
         for _, p in pruners:
-            mine = [_Backup(layer.target.weight) for layer in p.layers] if keep_backup else []
-            backups.extend(mine)
             if p.criterion.oneshot_only:
+                if keep_backup:
+                    backups.extend(_Backup(layer.target.weight) for layer in p.layers)
                 _sparsegpt_prune(p)
             else:
-                p.prune(0)
-                for backup in mine:  # only zeros were written: keep the values they replaced
-                    backup.compact_()
+                p.prune(0, low_memory=True, apply=False)  # scores made layer by layer: one layer's at a time
+                if keep_backup:  # only zeros will be written: keep the values they replace, layer by layer
+                    backups.extend(
+                        _Backup.before_masking(layer.target.weight, p.full_mask(layer)) for layer in p.layers
+                    )
+                p.apply_masks()
     finally:
         for _, p in pruners:
             p.criterion.remove_hooks()
