@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from pytorch_pruner import PruningConfig
+from pytorch_pruner.errors import StateError
 from pytorch_pruner.pruner import Pruner
 from pytorch_pruner.selection import LayerUnits, LazyScores, select
 from pytorch_pruner.targets import find_targets
@@ -147,3 +148,19 @@ def test_lazy_scores_with_nan_rank_like_held_ones() -> None:
     for domain in ("global", "local"):
         for a, b in zip(select(held, 0.4, domain), select(lazy, 0.4, domain), strict=True):
             assert torch.equal(a, b)
+
+
+def test_deferred_masks_hold_no_memory_until_the_weights_are_followed() -> None:
+    model = _model()
+    pruner = _pruner(model, "magnitude", "4x1", "global")
+    shapes = [tuple(layer.keep.shape) for layer in pruner.layers]
+    pruner.defer_masks_()
+    assert all(layer.keep.is_meta for layer in pruner.layers)  # no storage while a statistics pass runs
+    pruner.follow_weights_()
+    for layer, shape in zip(pruner.layers, shapes, strict=True):
+        assert layer.keep.device.type == "cpu" and layer.keep.dtype == torch.bool
+        assert tuple(layer.keep.shape) == shape and bool(layer.keep.all())
+    pruner.prune(1, low_memory=True)
+    assert sum(int((~layer.keep).sum()) for layer in pruner.layers) > 0
+    with pytest.raises(StateError, match="before the first pruning step"):
+        pruner.defer_masks_()

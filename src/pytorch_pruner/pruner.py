@@ -173,6 +173,15 @@ class Pruner:
         if moved:
             self.refresh_masks()
 
+    def defer_masks_(self) -> None:
+        """Free the masks until :meth:`follow_weights_` gives them back, all kept: for a caller
+        that runs a statistics pass before the first pruning step (``prune_oneshot_``), so that the
+        pass does not hold them. Only before anything was pruned."""
+        if self._masked:
+            raise StateError("defer_masks_ frees the masks: call it before the first pruning step")
+        for layer in self.layers:
+            layer.keep = torch.ones(layer.keep.shape, dtype=torch.bool, device="meta")
+
     def wants_scores(self, step: int) -> bool:
         """Whether the criterion must see this optimizer step's gradients."""
         if not self.criterion.needs_grad or not self.layers:

@@ -584,11 +584,13 @@ def _prune_block(
             p = Pruner(dataclasses.replace(s, target_sparsity=sparsity[i][b]), in_block[i][b])
             if p.criterion.needs_inputs:
                 p.criterion.count_eval = True  # type: ignore[attr-defined]
+            p.defer_masks_()  # not held through the statistics pass
             pruners.append((i, p))
         if any(p.criterion.needs_inputs and p.layers for _, p in pruners):
             _run(block, inputs, None if blocks.whole else tokens, False)
             _check_statistics([p for _, p in pruners], blocks.names[b])
         for _, p in pruners:
+            p.follow_weights_()  # the masks back, all kept
             if p.criterion.oneshot_only:
                 if keep_backup:
                     backups.extend(_Backup(layer.target.weight) for layer in p.layers)
