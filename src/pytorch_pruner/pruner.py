@@ -288,7 +288,7 @@ class Pruner:
                 score, memo = scores[i], ranked[i][1]
             else:
                 assert makers is not None
-                score, memo = _made_again(self.pattern, makers[i], tuple(layer.keep.shape), layer.keep.device)
+                score, memo = _made_again(self.pattern, makers[i], tuple(layer.keep.shape))
             layer.keep.copy_(self.pattern.keep_mask_from(pruned.to(layer.keep.device), score, memo))
             del pruned, score, memo
         self.refresh_masks()
@@ -447,7 +447,7 @@ def _units_of(pattern: Pattern, make: Callable[[], torch.Tensor]) -> torch.Tenso
 
 
 def _made_again(
-    pattern: Pattern, make: Callable[[], torch.Tensor], shape: tuple[int, ...], device: torch.device
+    pattern: Pattern, make: Callable[[], torch.Tensor], shape: tuple[int, ...]
 ) -> tuple[torch.Tensor, object]:
     """Scores and ``rank_units`` memo for :meth:`Pattern.keep_mask_from` on a low-memory step: made
     again if the pattern reads them (N:M's candidates, GQA's order), else a placeholder of their shape
