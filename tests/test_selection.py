@@ -229,6 +229,7 @@ def test_masks_completed_from_the_bracketing_pass_equal_the_full_range_path(monk
         cases.append((layers, 0.2 + 0.7 * float(torch.rand(1, generator=g)), "global" if seed % 4 else "local"))
     want = [[m.tolist() for m in select(layers, s, domain)] for layers, s, domain in cases]
     monkeypatch.setattr(selection, "_DIRECT", 0)
+    monkeypatch.setattr(selection, "_SELECT_ONE", 0)  # held layers ranked by the histograms too
     monkeypatch.setattr(selection, "_CHUNK", 97)
     for (layers, s, domain), expected in zip(cases, want, strict=True):
         assert [m.tolist() for m in select(layers, s, domain)] == expected, (s, domain)
@@ -244,6 +245,7 @@ def test_global_selection_with_random_caps_and_floors_matches_brute_force(
         # "sampled": rescans of whole parts each round; "kept": the units inside the bracket kept,
         # and the masks completed from the bracketing pass
         monkeypatch.setattr(selection, "_DIRECT", 0)
+        monkeypatch.setattr(selection, "_SELECT_ONE", 0)
         monkeypatch.setattr(selection, "_SAMPLE", 4 if path == "sampled" else 16)
         monkeypatch.setattr(selection, "_CHUNK", 3)
         monkeypatch.setattr(selection, "_BAND_SHARE", 0.0 if path == "sampled" else 1.0)
@@ -257,3 +259,40 @@ def test_global_selection_with_random_caps_and_floors_matches_brute_force(
         k = math.floor(s * sum(layer.numel for layer in layers) + 1e-6) // layers[0].unit_elements
         if sum(lo) <= k:  # reachable: the total is the target, clipped by the caps
             assert sum(want_counts) == min(k, sum(hi))
+
+
+def test_small_layers_ranked_by_kthvalue_equal_the_histogram_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One layer of few units (a layer held at its cap or floor, local ranking, lowest_k) is ranked
+    by torch.kthvalue; on random data with many ties, -0.0 next to 0.0, NaN, caps and floors its
+    masks equal those of the histograms (which the brute-force tests check)."""
+    from pytorch_pruner import selection
+
+    g = torch.Generator().manual_seed(5)
+    cases = []
+    for seed in range(24):
+        layers = []
+        for _ in range(int(torch.randint(1, 5, (1,), generator=g))):
+            n = int(torch.randint(1, 2000, (1,), generator=g))
+            scores = torch.randint(0, 30, (n,), generator=g).float() if seed % 2 else torch.rand(n, generator=g)
+            if seed % 3 == 0:
+                scores[torch.rand(n, generator=g) < 0.2] = -0.0
+            if seed % 5 == 0:
+                scores[torch.rand(n, generator=g) < 0.05] = float("nan")
+            cap = 1.0 if seed % 4 == 0 else 0.3 + 0.7 * float(torch.rand(1, generator=g))
+            floor = 0.4 * float(torch.rand(1, generator=g))
+            layers.append(LayerUnits(scores, 4, 4 * n, max_sparsity=cap, min_sparsity=floor))
+        cases.append((layers, 0.1 + 0.85 * float(torch.rand(1, generator=g))))
+    domains = ("global", "local", "row")
+    fast = [[[m.tolist() for m in select(layers, s, d)] for d in domains] for layers, s in cases]
+    lowest = [
+        [lowest_k(layer.scores, k).tolist() for layer in layers for k in (1, layer.units // 2)] for layers, _ in cases
+    ]
+    held = 0
+    for layers, s in cases:  # the fast path is taken: some layer is held at a bound away from the cut
+        chosen = select(layers, s, "global")
+        held += any(int(c.sum()) == layer.bounds(s)[1] < layer.units for c, layer in zip(chosen, layers, strict=True))
+    assert held >= 3
+    monkeypatch.setattr(selection, "_SELECT_ONE", 0)
+    for (layers, s), want, want_lowest in zip(cases, fast, lowest, strict=True):
+        assert [[m.tolist() for m in select(layers, s, d)] for d in domains] == want, s
+        assert [lowest_k(layer.scores, k).tolist() for layer in layers for k in (1, layer.units // 2)] == want_lowest

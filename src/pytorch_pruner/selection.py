@@ -48,6 +48,8 @@ _SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
 _DIRECT = 1 << 18  # below this many units no sample: the histograms start from the full range
 _CHUNK = 1 << 18  # elements per pass step: bounds the temporaries (bool masks) to a few MB
 _BAND_SHARE = 1 / 32  # most scores kept between passes, as a share of all (else: rescan)
+#: one layer of at most this many units, in one process: ranked by torch.kthvalue, not the histograms
+_SELECT_ONE = _DIRECT
 
 
 class Comm:
@@ -507,7 +509,23 @@ def _lowest_one(part: Scores, k: int, units: int, comm: Comm) -> torch.Tensor:
     """The *k* lowest of one layer's *units* (over all ranks; *part* is this rank's)."""
     if k <= 0 or k >= units:
         return torch.full((part.numel(),), k > 0, dtype=torch.bool, device=part.device)
+    if comm.world == 1 and units <= _SELECT_ONE:
+        return _lowest_selected(_get(part), k)
     return _masks([part], _cut([part], k, [0], [units], comm), comm)[0]
+
+
+def _lowest_selected(part: torch.Tensor, k: int) -> torch.Tensor:
+    """:func:`_lowest_one` of one process's small *part* (0 < k < its size): the k-th value by one
+    selection (``torch.kthvalue``), the units below it and its first copies by position. The same
+    mask as the histograms' (ties to the lower index; -0.0 and 0.0 compare equal in both)."""
+    if _has_nan(part):
+        raise _NaNScores
+    value = torch.kthvalue(part, k).values
+    mask = part < value
+    ties = k - int(torch.count_nonzero(mask))
+    if ties > 0:
+        mask[torch.nonzero(part == value).flatten()[:ties]] = True
+    return mask
 
 
 def _lowest_within(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int], comm: Comm) -> list[torch.Tensor]:
