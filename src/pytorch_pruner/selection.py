@@ -303,8 +303,7 @@ def _bracket(
     starts = (takes.flatten().cumsum(0) - takes.flatten()).view_as(takes)
     sample = torch.zeros(int(takes.sum()))
     generator = torch.Generator().manual_seed(comm.rank)
-    for i, part in enumerate(parts):
-        start, n = int(starts[comm.rank, i]), int(takes[comm.rank, i])
+    for part, start, n in zip(parts, starts[comm.rank].tolist(), takes[comm.rank].tolist(), strict=True):
         if n:
             index = torch.randint(part.numel(), (n,), generator=generator).to(part.device)
             sample[start : start + n] = _get(part)[index].cpu()
@@ -318,12 +317,13 @@ def _bracket(
     first = per_layer.cumsum(0) - per_layer
     scale = sizes.sum(0).double() / per_layer.clamp_min(1).double()
     offsets = torch.arange(n_layers) * shift - _KEY_MIN
+    lo_d, hi_d = lo.double(), hi.double()
+    margin = 4.0 * total / math.sqrt(sample.numel()) + float(scale.sum())
 
     def estimate(key: int) -> float:
         seen = torch.searchsorted(combined, offsets + key, right=True) - first
-        return float(_clamped(seen.double() * scale, lo.double(), hi.double()).sum())
+        return float(_clamped(seen.double() * scale, lo_d, hi_d).sum())
 
-    margin = 4.0 * total / math.sqrt(sample.numel()) + float(scale.sum())
     klo, khi = _bisect(estimate, k - margin, below=True), _bisect(estimate, k + margin, below=False)
     return klo, khi
 
@@ -377,7 +377,8 @@ def _scan(
     vlo, vhi = _value(klo), _value(khi)
     band: list[_Kept] = []
     kept = 0
-    for i, lazy in enumerate(parts):
+    stats: list[list[int]] = [[], [], []]  # per layer: below, inside, NaN (one tensor at the end: few small ops)
+    for lazy in parts:
         part = _get(lazy)
         n = part.numel()
         lower = torch.empty(n if masks else min(n, _CHUNK), dtype=torch.bool, device=part.device)
@@ -385,22 +386,25 @@ def _scan(
         index = torch.int32 if n < 2**31 else torch.int64
         values: list[torch.Tensor] = []
         positions: list[torch.Tensor] = []
-        n_below = torch.zeros((), dtype=torch.long, device=part.device)  # summed on the device: no sync per chunk
-        total = torch.zeros((), device=part.device)  # NaN if a score is: checked while the chunk is in cache
+        belows: list[torch.Tensor] = []  # per chunk, summed on the device: no sync per chunk
+        sums: list[torch.Tensor] = []  # NaN if a score is: checked while the chunk is in cache
         for start in range(0, n, _CHUNK):
             chunk = part[start : start + _CHUNK]
             lt = lower[start : start + chunk.numel()] if masks else lower[: chunk.numel()]
             le = upper[: chunk.numel()]
             torch.lt(chunk, vlo, out=lt)
-            total += chunk.sum()
-            n_below += torch.count_nonzero(lt)
+            sums.append(chunk.sum())
+            belows.append(torch.count_nonzero(lt))
             torch.le(chunk, vhi, out=le)
             where = torch.nonzero(le.logical_xor_(lt)).flatten()  # below vlo implies at most vhi: xor = inside
             values.append(chunk[where])
             if masks:
-                positions.append((where + start).to(index))
+                positions.append((where + start if start else where).to(index))
         inside = _joined(values, part.new_empty(0))
-        counts[0, i], counts[1, i], counts[2, i] = int(n_below), inside.numel(), _has_nan(part, total)
+        total = _summed(sums)
+        stats[0].append(int(_summed(belows)))
+        stats[1].append(inside.numel())
+        stats[2].append(math.isnan(float(total)) and bool(part.isnan().any()))  # +inf meets -inf: look closer
         kept += inside.numel()
         if kept > limit:  # too many to keep: rescan this part each round instead
             kept -= inside.numel()
@@ -409,7 +413,11 @@ def _scan(
             band.append(_Kept(inside, _joined(positions, torch.empty(0, dtype=index, device=part.device)), lower))
         else:
             band.append(_Kept(inside))
-    return counts, band
+    return torch.tensor(stats, dtype=torch.long), band
+
+
+def _summed(pieces: list[torch.Tensor]) -> torch.Tensor | int:
+    return 0 if not pieces else pieces[0] if len(pieces) == 1 else torch.stack(pieces).sum()
 
 
 def _joined(pieces: list[torch.Tensor], empty: torch.Tensor) -> torch.Tensor:
