@@ -1,4 +1,5 @@
 import math
+import struct
 
 import pytest
 import torch
@@ -296,3 +297,44 @@ def test_small_layers_ranked_by_kthvalue_equal_the_histogram_path(monkeypatch: p
     for (layers, s), want, want_lowest in zip(cases, fast, lowest, strict=True):
         assert [[m.tolist() for m in select(layers, s, d)] for d in domains] == want, s
         assert [lowest_k(layer.scores, k).tolist() for layer in layers for k in (1, layer.units // 2)] == want_lowest
+
+
+def test_cut_found_inside_the_bracket_by_kthvalue_equals_the_histogram_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In one process, when no layer's cap or floor is reached inside the bracket, the cut is the
+    kthvalue of the units inside it: on random data with ties, -0.0, caps and floors (some layers at
+    their cap before the bracket, some reaching it inside), its masks and kth_smallest's values equal
+    those of the histogram rounds, bit for bit."""
+    from pytorch_pruner import selection
+
+    monkeypatch.setattr(selection, "_DIRECT", 0)  # small inputs through the bracket and the kept band
+    monkeypatch.setattr(selection, "_CHUNK", 97)
+    monkeypatch.setattr(selection, "_BAND_SHARE", 1.0)
+    g = torch.Generator().manual_seed(3)
+    cases = []
+    for seed in range(24):
+        layers = []
+        for _ in range(int(torch.randint(1, 6, (1,), generator=g))):
+            n = int(torch.randint(200, 3000, (1,), generator=g))
+            scores = torch.randint(-20, 20, (n,), generator=g).float() if seed % 2 else torch.randn(n, generator=g)
+            scores[scores == 0] = -0.0 if seed % 3 == 0 else 0.0
+            scale = 0.01 if torch.rand(1, generator=g) < 0.3 else 1.0  # low scores: held at the cap
+            cap = 1.0 if seed % 5 == 0 else 0.5 + 0.5 * float(torch.rand(1, generator=g))
+            floor = 0.0 if seed % 2 else 0.3 * float(torch.rand(1, generator=g))
+            layers.append(LayerUnits(scores * scale, 4, 4 * n, max_sparsity=cap, min_sparsity=floor))
+        cases.append((layers, 0.1 + 0.85 * float(torch.rand(1, generator=g))))
+    calls = []
+    settled = selection._settled_in_band
+    monkeypatch.setattr(selection, "_settled_in_band", lambda *a: calls.append(r := settled(*a)) or r)
+    fast = [[m.tolist() for m in select(layers, s)] for layers, s in cases]
+    kth = [[kth_smallest([la.scores for la in layers], q).item() for q in (1, 77, 500)] for layers, _ in cases]
+    assert sum(r is not None for r in calls) >= 20 and any(r is None for r in calls)  # both paths are taken
+    # the k-th value among -0.0 and 0.0 is 0.0, as the histograms' keys (which do not tell them apart) give it
+    zeros = torch.cat([torch.full((400,), -0.0), torch.rand(600, generator=g) + 1, -torch.rand(600, generator=g) - 1])
+    assert struct.pack("<f", kth_smallest(zeros[torch.randperm(1600, generator=g)], 700).item()) == struct.pack(
+        "<f", 0.0
+    )
+    monkeypatch.setattr(selection, "_BAND_SELECT", False)
+    for (layers, s), want, want_kth in zip(cases, fast, kth, strict=True):
+        assert [m.tolist() for m in select(layers, s)] == want, s
+        got = [kth_smallest([la.scores for la in layers], q).item() for q in (1, 77, 500)]
+        assert [struct.pack("<f", v) for v in got] == [struct.pack("<f", v) for v in want_kth]

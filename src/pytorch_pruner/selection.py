@@ -48,6 +48,8 @@ _SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
 _DIRECT = 1 << 18  # below this many units no sample: the histograms start from the full range
 _CHUNK = 1 << 18  # elements per pass step: bounds the temporaries (bool masks) to a few MB
 _BAND_SHARE = 1 / 32  # most scores kept between passes, as a share of all (else: rescan)
+#: in one process, the cut found inside the bracket by one torch.kthvalue where no bound is reached in it
+_BAND_SELECT = True
 #: one layer of at most this many units, in one process: ranked by torch.kthvalue, not the histograms
 _SELECT_ONE = _DIRECT
 
@@ -261,6 +263,12 @@ def _cut(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int], comm: Co
     bins_log2 = max(8, min(16, 16 - n_layers.bit_length(), int(inside.sum()).bit_length() + 1))
     whole = [i for i, kept in enumerate(band) if kept.whole]
     pooled = _pooled(band)  # the units kept inside, of all layers at once: one histogram op per chunk, not per layer
+    if comm.world == 1 and not whole and len(pooled) == 1 and _BAND_SELECT:
+        settled = _settled_in_band(pooled[0], k, below.tolist(), inside.tolist(), lo, hi)
+        if settled is not None:
+            value, below_l, equal_l = settled
+            counts, take = _walk(below_l, equal_l, k, lo, hi)
+            return _Cut(value, sizes.sum(0).tolist(), below_l, equal_l, counts, take, scan)
     while khi > klo:
         shift = max(0, (khi - klo).bit_length() - bins_log2)
         nbins = ((khi - klo) >> shift) + 1
@@ -290,6 +298,43 @@ def _cut(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int], comm: Co
     below_l, equal_l = below.tolist(), inside.tolist()
     counts, take = _walk(below_l, equal_l, k, lo, hi)
     return _Cut(_value(klo), sizes.sum(0).tolist(), below_l, equal_l, counts, take, scan)
+
+
+def _settled_in_band(
+    pooled: tuple[torch.Tensor, torch.Tensor], k: int, below: list[int], inside: list[int], lo: list[int], hi: list[int]
+) -> tuple[float, list[int], list[int]] | None:
+    """The cut from the units inside the bracket by one selection, when no layer's bound is reached
+    inside it (each layer is at its cap or floor all through it, or within its bounds all through
+    it): then G inside the bracket is a constant plus the count of the free layers' units at or
+    below a value, and the cut is their ``k - constant``-th smallest value (``torch.kthvalue``, one
+    pass, instead of the histogram rounds). Returns the cut's value and the units below it and equal
+    to it per layer (as the rounds find them); None when some bound is reached inside."""
+    base, free = 0, []
+    for i, (b, n) in enumerate(zip(below, inside, strict=True)):
+        if b >= hi[i]:  # at its cap before the bracket
+            base += hi[i]
+        elif b + n <= lo[i]:  # held at its floor through it
+            base += lo[i]
+        elif lo[i] <= b and b + n <= hi[i]:  # within its bounds through it: every unit counts
+            base += b
+            free.append(i)
+        else:
+            return None
+    values, layer = pooled
+    rank = k - base
+    if not 1 <= rank <= sum(inside[i] for i in free):
+        return None
+    if len(free) < sum(1 for n in inside if n):  # leave out the units of layers held at a bound
+        is_free = torch.zeros(len(below), dtype=torch.bool, device=values.device)
+        is_free[free] = True
+        chosen = values[is_free[layer.long()]]
+    else:
+        chosen = values
+    value = float(torch.kthvalue(chosen, rank).values) + 0.0  # -0.0 as 0.0, as the rounds' keys give it
+    layer = layer.long()
+    less = torch.bincount(layer[values < value], minlength=len(below)).tolist()
+    equal = torch.bincount(layer[values == value], minlength=len(below)).tolist()
+    return value, [b + m for b, m in zip(below, less, strict=True)], equal
 
 
 def _bracket(
