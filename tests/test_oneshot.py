@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import math
+import weakref
 
 import pytest
 import torch
@@ -419,3 +420,21 @@ def test_sparsegpt_layers_reading_one_input_share_one_hessian() -> None:
     assert stats[4] is stats[5] and stats[6] is not stats[4]  # gate/up share, down reads its own input
     x = torch.cat(seen)
     torch.testing.assert_close(stats[1].hessian(), 2.0 / x.shape[0] * x.t() @ x)
+
+
+def test_input_criteria_keep_no_layer_input_alive_after_a_forward() -> None:
+    """The hooks remember the last input (to find layers that share it) by a weak reference: a
+    strong one kept a sub-batch's activations alive until the next call."""
+    model = tiny_llama(layers=1)
+    settings = PruningConfig(**cfg("sparsegpt"), start_step=1, end_step=1).resolved()[0]
+    pruner = Pruner(settings, find_targets(model, ["Linear"], [r"layers\.0\."]))
+    pruner.criterion.count_eval = True  # type: ignore[attr-defined]
+    inputs: list[weakref.ref[torch.Tensor]] = []
+    down = model.model.layers[0].mlp.down_proj
+    handle = down.register_forward_pre_hook(lambda m, args: inputs.append(weakref.ref(args[0])))
+    with torch.no_grad():
+        model(calibration()[0])
+    handle.remove()
+    assert len(inputs) == 1 and inputs[0]() is None  # down_proj's input is gone with the forward
+    assert int(pruner.criterion.stats[6].count) > 0  # type: ignore[attr-defined]  # and it was counted
+    pruner.criterion.remove_hooks()

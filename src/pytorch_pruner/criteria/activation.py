@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+import weakref
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -168,7 +169,8 @@ class _InputCriterion(Criterion):
 
     #: whether layers fed the very same input tensor (q/k/v, gate/up) share one statistics object
     share_inputs: ClassVar[bool] = False
-    _last: tuple[torch.Tensor, int] | None = None
+    #: the input last seen and its layer: a weak reference, which keeps no activation alive
+    _last: tuple[weakref.ref[torch.Tensor], int] | None = None
 
     def _hook(self, index: int) -> Any:
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
@@ -177,14 +179,14 @@ class _InputCriterion(Criterion):
             x = args[0]
             if self.share_inputs:
                 last = self._last
-                if last is not None and last[0] is x and last[1] != index:
+                if last is not None and last[0]() is x and last[1] != index:
                     owner = self.stats[last[1]]
                     if self.stats[index] is owner:
                         return  # already counted through the layer that shares it
                     if int(self.stats[index].count) == 0 and self.repeats[index] == self.repeats[last[1]]:
                         self.stats[index] = owner  # same input tensor: one Hessian for both
                         return
-                self._last = (x, index)
+                self._last = (weakref.ref(x), index)
             stats = self.stats[index]
             cols = int(module.weight.numel() // module.weight.shape[0])
             flat, _ = _features(module, x, cols)
