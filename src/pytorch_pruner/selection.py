@@ -250,8 +250,8 @@ def _cut(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int], comm: Co
     total = int(sizes.sum())
     klo, khi = (_KEY_MIN, _KEY_MAX) if total <= _DIRECT else _bracket(parts, k, lo_t, hi_t, sizes, comm)
     while True:
-        counts, band = _scan(parts, klo, khi, limit=int(_BAND_SHARE * total / comm.world) + _CHUNK, masks=masks)
-        below, inside, nan = comm.sum_(counts)
+        scanned, band = _scan(parts, klo, khi, limit=int(_BAND_SHARE * total / comm.world) + _CHUNK, masks=masks)
+        below, inside, nan = comm.sum_(scanned)
         if bool(nan.any()):
             raise _NaNScores
         if int(_clamped(below, lo_t, hi_t).sum()) < k <= int(_clamped(below + inside, lo_t, hi_t).sum()):
