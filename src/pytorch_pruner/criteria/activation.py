@@ -242,14 +242,11 @@ class Wanda(_InputCriterion):
         return out
 
     def scores(self) -> list[torch.Tensor]:
-        scores = [slot.reduce(e) for slot, e in zip(self.slots, self.element_scores(), strict=True)]
-        for stats in self.stats:  # the next pruning step sees only the inputs that follow
-            stats.reset_()
-        return scores
+        return [make() for make in self.lazy_scores()]
 
     def lazy_scores(self) -> list[Callable[[], torch.Tensor]]:
-        norms = self._norms()  # small (one per input feature): taken now, the statistics start again
-        for stats in self.stats:
+        norms = self._norms()  # small (one per input feature): taken now
+        for stats in self.stats:  # the next pruning step sees only the inputs that follow
             stats.reset_()
         return [functools.partial(_wanda_scores, slot, norm) for slot, norm in zip(self.slots, norms, strict=True)]
 

@@ -18,7 +18,7 @@ __all__ = ["Magnitude"]
 @CRITERIA.register("magnitude")
 class Magnitude(Criterion):
     def scores(self) -> list[torch.Tensor]:
-        return [_magnitude(s) for s in self.slots]
+        return [make() for make in self.lazy_scores()]
 
     def lazy_scores(self) -> list[Callable[[], torch.Tensor]]:
         return [functools.partial(_magnitude, s) for s in self.slots]

@@ -189,7 +189,9 @@ def _calibration_mode(model: nn.Module) -> Iterator[None]:
             config.use_cache = use_cache  # type: ignore[union-attr]
 
 
-def _whole_inputs(calibration: Iterable[Any], device: torch.device) -> list[BlockInputs]:
+def _checked_calls(calibration: Iterable[Any]) -> list[BlockInputs]:
+    """Every calibration batch checked (:func:`check_batch`) as a model call ``(args, kwargs)``,
+    still on its own device; a clear error for a non-iterable or an empty one."""
     if isinstance(calibration, torch.Tensor | Mapping) or not isinstance(calibration, Iterable):
         raise PruningError(
             f"calibration must be an iterable of batches (dicts of tensors or input-id tensors), not one "
@@ -198,31 +200,20 @@ def _whole_inputs(calibration: Iterable[Any], device: torch.device) -> list[Bloc
     out: list[BlockInputs] = []
     for index, raw in enumerate(calibration):
         batch = check_batch(raw, index)
-        if isinstance(batch, dict):
-            out.append(((), {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}))
-        else:
-            out.append(((batch.to(device),), {}))
+        out.append(((), batch) if isinstance(batch, dict) else ((batch,), {}))
     if not out:
         raise PruningError("calibration is empty: give at least one batch (e.g. 128 sequences of 2048 tokens)")
     return out
 
 
-def _checked_tokens(calibration: Iterable[Any]) -> int:
-    """Check every calibration batch (as :func:`_whole_inputs` does) without running or copying it;
-    return the tokens they hold."""
-    if isinstance(calibration, torch.Tensor | Mapping) or not isinstance(calibration, Iterable):
-        raise PruningError(
-            f"calibration must be an iterable of batches (dicts of tensors or input-id tensors), not one "
-            f"{type(calibration).__name__}; e.g. pass [batch]"
+def _whole_inputs(calibration: Iterable[Any], device: torch.device) -> list[BlockInputs]:
+    return [
+        (
+            tuple(a.to(device) for a in args),
+            {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kw.items()},
         )
-    total = seen = 0
-    for index, raw in enumerate(calibration):
-        batch = check_batch(raw, index)
-        total += _tokens([((), batch) if isinstance(batch, dict) else ((batch,), {})])
-        seen += 1
-    if not seen:
-        raise PruningError("calibration is empty: give at least one batch (e.g. 128 sequences of 2048 tokens)")
-    return total
+        for args, kw in _checked_calls(calibration)
+    ]
 
 
 def _tokens(inputs: list[BlockInputs]) -> int:
@@ -477,7 +468,7 @@ def prune_oneshot_(
         run_device = dev or _first_device(model)
         if not needs_data:
             inputs = []
-            report.tokens = _checked_tokens(calibration)
+            report.tokens = _tokens(_checked_calls(calibration))  # checked, never run
         elif blocks.whole:
             inputs = _whole_inputs(calibration, run_device)
         else:
