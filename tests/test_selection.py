@@ -231,6 +231,7 @@ def test_masks_completed_from_the_bracketing_pass_equal_the_full_range_path(monk
     want = [[m.tolist() for m in select(layers, s, domain)] for layers, s, domain in cases]
     monkeypatch.setattr(selection, "_DIRECT", 0)
     monkeypatch.setattr(selection, "_SELECT_ONE", 0)  # held layers ranked by the histograms too
+    monkeypatch.setattr(selection, "_SELECT_ALL", 0)
     monkeypatch.setattr(selection, "_CHUNK", 97)
     for (layers, s, domain), expected in zip(cases, want, strict=True):
         assert [m.tolist() for m in select(layers, s, domain)] == expected, (s, domain)
@@ -247,6 +248,7 @@ def test_global_selection_with_random_caps_and_floors_matches_brute_force(
         # and the masks completed from the bracketing pass
         monkeypatch.setattr(selection, "_DIRECT", 0)
         monkeypatch.setattr(selection, "_SELECT_ONE", 0)
+        monkeypatch.setattr(selection, "_SELECT_ALL", 0)
         monkeypatch.setattr(selection, "_SAMPLE", 4 if path == "sampled" else 16)
         monkeypatch.setattr(selection, "_CHUNK", 3)
         monkeypatch.setattr(selection, "_BAND_SHARE", 0.0 if path == "sampled" else 1.0)
@@ -294,6 +296,7 @@ def test_small_layers_ranked_by_kthvalue_equal_the_histogram_path(monkeypatch: p
         held += any(int(c.sum()) == layer.bounds(s)[1] < layer.units for c, layer in zip(chosen, layers, strict=True))
     assert held >= 3
     monkeypatch.setattr(selection, "_SELECT_ONE", 0)
+    monkeypatch.setattr(selection, "_SELECT_ALL", 0)
     for (layers, s), want, want_lowest in zip(cases, fast, lowest, strict=True):
         assert [[m.tolist() for m in select(layers, s, d)] for d in domains] == want, s
         assert [lowest_k(layer.scores, k).tolist() for layer in layers for k in (1, layer.units // 2)] == want_lowest
@@ -307,6 +310,7 @@ def test_cut_found_inside_the_bracket_by_kthvalue_equals_the_histogram_rounds(mo
     from pytorch_pruner import selection
 
     monkeypatch.setattr(selection, "_DIRECT", 0)  # small inputs through the bracket and the kept band
+    monkeypatch.setattr(selection, "_SELECT_ALL", 0)
     monkeypatch.setattr(selection, "_CHUNK", 97)
     monkeypatch.setattr(selection, "_BAND_SHARE", 1.0)
     g = torch.Generator().manual_seed(3)
@@ -338,3 +342,45 @@ def test_cut_found_inside_the_bracket_by_kthvalue_equals_the_histogram_rounds(mo
         assert [m.tolist() for m in select(layers, s)] == want, s
         got = [kth_smallest([la.scores for la in layers], q).item() for q in (1, 77, 500)]
         assert [struct.pack("<f", v) for v in got] == [struct.pack("<f", v) for v in want_kth]
+
+
+@pytest.mark.parametrize("numpy_select", [True, False])
+def test_all_units_ranked_by_kth_values_equal_the_histograms(
+    numpy_select: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In one process, few units in all are ranked by k-th value selections over all of them (by
+    numpy.partition, or torch.kthvalue without numpy), holding the layers that reach a cap or floor
+    and selecting again: on random data with ties, -0.0, NaN, caps and floors (layers of low scores
+    held at their cap) the masks equal those of the sample and histograms, bit for bit, and both the
+    selections and the fallback to the histograms are taken."""
+    from pytorch_pruner import selection
+
+    if not numpy_select:
+        monkeypatch.setattr(selection, "_numpy", None)
+    g = torch.Generator().manual_seed(8)
+    cases = []
+    for seed in range(20):
+        layers = []
+        for _ in range(int(torch.randint(1, 7, (1,), generator=g))):
+            n = int(torch.randint(100, 1500, (1,), generator=g))
+            scores = torch.randint(-15, 15, (n,), generator=g).float() if seed % 2 else torch.randn(n, generator=g)
+            scores[scores == 0] = -0.0 if seed % 3 == 0 else 0.0
+            if seed % 7 == 0:
+                scores[torch.rand(n, generator=g) < 0.02] = float("nan")
+            scale = 0.01 if torch.rand(1, generator=g) < 0.3 else 1.0  # low scores: held at the cap
+            cap = 1.0 if seed % 5 == 0 else 0.5 + 0.5 * float(torch.rand(1, generator=g))
+            floor = 0.0 if seed % 2 else 0.4 * float(torch.rand(1, generator=g))
+            layers.append(LayerUnits(scores * scale, 4, 4 * n, max_sparsity=cap, min_sparsity=floor))
+        cases.append((layers, 0.1 + 0.85 * float(torch.rand(1, generator=g))))
+    results = []
+    selected = selection._lowest_selected_all
+    monkeypatch.setattr(selection, "_lowest_selected_all", lambda *a: results.append(r := selected(*a)) or r)
+    fast = [[m.tolist() for m in select(layers, s)] for layers, s in cases]
+    held = sum(
+        any(int(m.sum()) == la.bounds(s)[1] < la.units for m, la in zip(select(layers, s), layers, strict=True))
+        for layers, s in cases
+    )
+    assert sum(r is not None for r in results) >= 25 and any(r is None for r in results) and held >= 3
+    monkeypatch.setattr(selection, "_SELECT_ALL", 0)
+    for (layers, s), want in zip(cases, fast, strict=True):
+        assert [m.tolist() for m in select(layers, s)] == want, s

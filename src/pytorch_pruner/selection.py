@@ -20,7 +20,12 @@ pruned unit zeroes, its number of weights, and its per-layer cap and floor (as s
 
 A domain is one function ``(layers, sparsity, comm) -> masks`` in :data:`DOMAINS`.
 
-Equal-size units (every NxM and N:M case) never sort or concatenate the scores: a fixed-seed
+Few equal-size units in one process (at most 2**22 in all, e.g. every layer of a BERT-base),
+held as tensors (not :class:`LazyScores`, whose point is to hold one layer's at a time), are
+joined and ranked by k-th value selections (``numpy.partition`` where numpy is installed, else
+``torch.kthvalue``): the k-th smallest unit is the cut unless some layer reaches a bound there;
+then those layers are held at it and the others' k'-th smallest is tried, a few times at most.
+Many equal-size units (every NxM and N:M case) never sort or concatenate the scores: a fixed-seed
 sample brackets the cut, one chunked counting pass writes the mask of the scores below the bracket
 and keeps only those inside it (with their positions), a few histograms over those find the exact
 cut, and the masks are completed from the kept units; ties are split by position. That is linear
@@ -39,6 +44,11 @@ from dataclasses import dataclass
 
 import torch
 
+try:
+    import numpy as _numpy
+except ImportError:  # optional: torch.kthvalue then
+    _numpy = None
+
 __all__ = ["DOMAINS", "EPS", "Comm", "LayerUnits", "LazyScores", "kth_smallest", "lowest_k", "select", "select_rows"]
 
 #: slack for float error when a fraction of a count is rounded
@@ -55,6 +65,24 @@ _BAND_SELECT = True
 _BAND_SELECT_MAX = 1 << 20
 #: one layer of at most this many units, in one process: ranked by torch.kthvalue, not the histograms
 _SELECT_ONE = _DIRECT
+#: at most this many units of all layers together, in one process: the cut is first tried as the k-th
+#: value of them all by one torch.kthvalue over their concatenation (a copy of 4 bytes per unit, at most
+#: 16 MiB); the histograms only if some layer reaches its cap or floor at that value. A BERT-mini 4x1
+#: update (786k units, 24 layers) took 15-17 ms through the sample and histograms, in one thread.
+_SELECT_ALL = 1 << 22
+_SELECT_ROUNDS = 6  # candidates tried by that selection before the histograms
+
+
+def _kth_value(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The k-th smallest (1-based) of 1-D float32 *x* without NaN, as a 0-dim tensor on its device.
+
+    On the CPU with numpy installed (it is wherever transformers is), by ``numpy.partition`` on a
+    view of the same memory: an introselect with SIMD partitioning, 10-15 times faster than
+    ``torch.kthvalue`` (786k scores: 0.9 ms against 13.7 ms, one thread, measured); the value is the
+    same (a k-th smallest is unique, up to the sign of a zero, which comparisons ignore)."""
+    if x.device.type == "cpu" and _numpy is not None:
+        return torch.tensor(float(_numpy.partition(x.numpy(), k - 1)[k - 1]), dtype=torch.float32)
+    return torch.kthvalue(x, k).values
 
 
 class Comm:
@@ -333,7 +361,7 @@ def _settled_in_band(
         chosen = values[is_free[layer.long()]]
     else:
         chosen = values
-    value = float(torch.kthvalue(chosen, rank).values) + 0.0  # -0.0 as 0.0, as the rounds' keys give it
+    value = float(_kth_value(chosen, rank)) + 0.0  # -0.0 as 0.0, as the rounds' keys give it
     layer = layer.long()
     less = torch.bincount(layer[values < value], minlength=len(below)).tolist()
     equal = torch.bincount(layer[values == value], minlength=len(below)).tolist()
@@ -576,7 +604,7 @@ def _lowest_selected(part: torch.Tensor, k: int) -> torch.Tensor:
     mask as the histograms' (ties to the lower index; -0.0 and 0.0 compare equal in both)."""
     if _has_nan(part):
         raise _NaNScores
-    value = torch.kthvalue(part, k).values
+    value = _kth_value(part, k)
     mask = part < value
     ties = k - int(torch.count_nonzero(mask))
     if ties > 0:
@@ -594,7 +622,69 @@ def _lowest_within(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int]
     if k >= sum(hi):
         units = comm.sum_(torch.tensor([p.numel() for p in parts], dtype=torch.long)).tolist()
         return [_lowest_one(p, h, n, comm) for p, h, n in zip(parts, hi, units, strict=True)]
+    if (
+        comm.world == 1
+        and sum(p.numel() for p in parts) <= _SELECT_ALL
+        and len({p.device for p in parts}) == 1
+        and not any(isinstance(p, LazyScores) for p in parts)  # lazy: one layer's scores at a time, as asked
+    ):
+        masks = _lowest_selected_all(parts, k, lo, hi)
+        if masks is not None:
+            return masks
     return _masks(parts, _cut(parts, k, lo, hi, comm), comm)
+
+
+def _lowest_selected_all(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int]) -> list[torch.Tensor] | None:
+    """:func:`_lowest_within` in one process for few units in all, by k-th value selections
+    (:func:`_kth_value`) instead of the sample and the histograms; the same masks.
+
+    A candidate value v is the cut when ``G(v-) < k <= G(v)`` (G as in :func:`_cut`, from each
+    layer's counts below and at v). The first candidate is the k-th smallest of all units; then,
+    holding each layer that the last one put at its cap (at least its cap below v) or its floor (at
+    most its floor up to v) there, the k'-th smallest of the other layers' units, k' being k less
+    the held layers' bounds (with caps alone, the candidates rise and a capped layer stays capped).
+    None when no candidate is the cut within a few rounds: the histograms then find it."""
+    scores = [_get(p) for p in parts]
+    joined = torch.cat(scores)  # every unit, layer after layer: one op per comparison, not one per layer
+    if _has_nan(joined):
+        raise _NaNScores
+    sizes = [t.numel() for t in scores]
+    n = len(scores)
+    held = [0] * n  # per layer: 1 at its cap, -1 at its floor, 0 free
+    for _ in range(_SELECT_ROUNDS):
+        free = [scores[i] for i in range(n) if not held[i]]
+        rank = k - sum(hi[i] if held[i] > 0 else lo[i] for i in range(n) if held[i])
+        if not free or not 1 <= rank <= sum(t.numel() for t in free):
+            return None
+        value = _kth_value(joined if len(free) == n else torch.cat(free), rank)
+        compared = torch.empty(2, joined.numel(), dtype=torch.bool, device=joined.device)
+        torch.lt(joined, value, out=compared[0])
+        torch.le(joined, value, out=compared[1])
+        counts = torch.stack([c.count_nonzero() for row in compared for c in row.split(sizes)]).tolist()
+        below, upto = counts[:n], counts[n:]
+        if (
+            sum(min(max(b, lo[i]), hi[i]) for i, b in enumerate(below))
+            < k
+            <= sum(min(max(u, lo[i]), hi[i]) for i, u in enumerate(upto))
+        ):
+            del joined
+            equal = [u - b for b, u in zip(below, upto, strict=True)]
+            chosen, take = _walk(below, equal, k, lo, hi)
+            masks = []
+            lowers, uppers = compared[0].split(sizes), compared[1].split(sizes)
+            for i, (part, lower, upper) in enumerate(zip(scores, lowers, uppers, strict=True)):
+                if below[i] <= chosen[i] <= upto[i]:  # at the cut: the units below it, and its first ties
+                    if take[i] == equal[i]:
+                        mask = upper
+                    else:
+                        mask = lower
+                        mask[torch.nonzero(part == value).flatten()[: take[i]]] = True
+                else:  # held at a bound away from the cut: its own lowest units
+                    mask = _lowest_one(part, chosen[i], part.numel(), _LOCAL)
+                masks.append(mask)
+            return masks
+        held = [1 if b >= hi[i] else -1 if u <= lo[i] else 0 for i, (b, u) in enumerate(zip(below, upto, strict=True))]
+    return None
 
 
 # -- public ----------------------------------------------------------------------------------
