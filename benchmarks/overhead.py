@@ -12,8 +12,10 @@ interleaved in rounds of ``--chunk`` steps, so that machine noise hits both alik
   over the whole run (scores accumulate and masks apply every step), in rounds of 5 steps.
 
 Each run prints the median dense step, the median pruned step outside mask updates, their ratio,
-the median time of the hooks alone, and the median extra of a mask-update step over the median
-dense step; ``--runs`` runs are made and the medians of their ratios and extras are printed last.
+the median time of the hooks alone, the median extra of a mask-update step over the median dense
+step, and of that extra the median ``on_step_begin`` of the mask updates (the new masks: ranking,
+masks, zeroing; the rest of the extra is the step's ordinary hooks and noise); ``--runs`` runs are
+made and the medians of their ratios and extras are printed last.
 Then the pruner state per pruned weight for each criterion and pattern.
 
 ``--preset gpu`` needs CUDA (it explains and exits without): Llama-3.2-1B-shaped layers (16 x
@@ -112,15 +114,16 @@ def one_run(preset: Preset, prune_type: str, pattern: str, seed: int, fsdp2: boo
         "labels": torch.randint(0, 2, (preset.batch,)),
     }
 
-    def step(model, optimizer, p: Pruning | None) -> tuple[float, float, bool]:
+    def step(model, optimizer, p: Pruning | None) -> tuple[float, float, bool, float]:
         start = time.perf_counter()
-        hooks = 0.0
+        hooks = begin = 0.0
         pruned = False
         if p is not None:
             t = time.perf_counter()
             pruned = any(q.schedule.is_pruning_step(p.step) for q in p.pruners)
             p.on_step_begin(p.step)
-            hooks += time.perf_counter() - t
+            begin = time.perf_counter() - t
+            hooks += begin
         model(**batch).loss.backward()
         if p is not None:
             t = time.perf_counter()
@@ -132,18 +135,20 @@ def one_run(preset: Preset, prune_type: str, pattern: str, seed: int, fsdp2: boo
             p.on_after_optimizer_step()
             hooks += time.perf_counter() - t
         optimizer.zero_grad()
-        return time.perf_counter() - start, hooks, pruned
+        return time.perf_counter() - start, hooks, pruned, begin
 
     for _ in range(preset.warmup):  # allocator, first-call costs; the pruned model's steps count
         step(dense, opt_dense, None)
-    dense_times, sparse_times, hook_times, update_times = [], [], [], []
+    dense_times, sparse_times, hook_times, update_times, prune_times = [], [], [], [], []
     while pruning.step < preset.steps:
         for _ in range(preset.chunk):
             dense_times.append(step(dense, opt_dense, None)[0])
         for _ in range(min(preset.chunk, preset.steps - pruning.step)):
-            total, hooks, pruned = step(sparse, opt_sparse, pruning)
+            total, hooks, pruned, begin = step(sparse, opt_sparse, pruning)
             (update_times if pruned else sparse_times).append(total)
-            if not pruned:
+            if pruned:
+                prune_times.append(begin)  # on_step_begin of a mask update: the new masks, applied
+            else:
                 hook_times.append(hooks)
     d, s = statistics.median(dense_times), statistics.median(sparse_times)
     return {
@@ -152,6 +157,7 @@ def one_run(preset: Preset, prune_type: str, pattern: str, seed: int, fsdp2: boo
         "ratio": s / d,
         "hooks": statistics.median(hook_times),
         "update_extra": statistics.median(update_times) - d if update_times else float("nan"),
+        "prune": statistics.median(prune_times) if prune_times else float("nan"),
         "updates": len(update_times),
         "steps": len(sparse_times),
         "sparsity": pruning.report().block_sparsity,
@@ -184,10 +190,19 @@ def fsdp2_table(preset: Preset, runs: int, prune_type: str, pattern: str) -> Non
         results = torch.load(out)
     print(f"\nFSDP2, 2 gloo processes (1 thread each): {prune_type} {pattern}, {preset.steps} steps, interleaved")
     rows = [
-        [i, 1e3 * r["dense"], 1e3 * r["pruned"], r["ratio"], 1e3 * r["hooks"], 1e3 * r["update_extra"], r["sparsity"]]
+        [
+            i,
+            1e3 * r["dense"],
+            1e3 * r["pruned"],
+            r["ratio"],
+            1e3 * r["hooks"],
+            1e3 * r["update_extra"],
+            1e3 * r["prune"],
+            r["sparsity"],
+        ]
         for i, r in enumerate(results)
     ]
-    headers = ["run", "dense ms", "pruned ms", "ratio", "hooks ms", "update extra ms", "block sparsity"]
+    headers = ["run", "dense ms", "pruned ms", "ratio", "hooks ms", "update extra ms", "new masks ms", "block sparsity"]
     print(tabulate(rows, headers=headers, floatfmt=".4g"))
     print(f"median ratio {statistics.median(r['ratio'] for r in results):.4f}")
 
@@ -202,6 +217,7 @@ def cpu_table(name: str, preset: Preset, runs: int, prune_type: str, pattern: st
             f"x{r['ratio']:.4f}",
             f"{1e3 * r['hooks']:.2f} ({100 * r['hooks'] / r['dense']:.2f}%)",
             f"{1e3 * r['update_extra']:+.1f}",
+            f"{1e3 * r['prune']:.1f}",
             f"{r['steps']} / {r['updates']}",
             f"{r['sparsity']:.3f}",
         ]
@@ -215,6 +231,7 @@ def cpu_table(name: str, preset: Preset, runs: int, prune_type: str, pattern: st
             f"x{statistics.median(r['ratio'] for r in results):.4f}",
             "",
             f"{1e3 * statistics.median(r['update_extra'] for r in results):+.1f}",
+            f"{1e3 * statistics.median(r['prune'] for r in results):.1f}",
             "",
             "",
         ]
@@ -226,6 +243,7 @@ def cpu_table(name: str, preset: Preset, runs: int, prune_type: str, pattern: st
         "ratio",
         "hooks ms (% of step)",
         "mask update extra ms",
+        "of it: new masks ms",
         "steps / updates",
         "sparsity",
     ]
