@@ -24,7 +24,8 @@ Few equal-size units in one process (at most 2**22 in all, e.g. every layer of a
 held as tensors (not :class:`LazyScores`, whose point is to hold one layer's at a time), are
 joined and ranked by k-th value selections (``numpy.partition`` where numpy is installed, else
 ``torch.kthvalue``): the k-th smallest unit is the cut unless some layer reaches a bound there;
-then those layers are held at it and the others' k'-th smallest is tried, a few times at most.
+then those layers are held at it and the others' k'-th smallest is tried, a few times at most
+(which layers end up held is first guessed from every 31st unit; each candidate is checked exactly).
 Many equal-size units (every NxM and N:M case) never sort or concatenate the scores: a fixed-seed
 sample brackets the cut, one chunked counting pass writes the mask of the scores below the bracket
 and keeps only those inside it (with their positions), a few histograms over those find the exact
@@ -71,6 +72,8 @@ _SELECT_ONE = _DIRECT
 #: update (786k units, 24 layers) took 15-17 ms through the sample and histograms, in one thread.
 _SELECT_ALL = 1 << 22
 _SELECT_ROUNDS = 6  # candidates tried by that selection before the histograms
+_GUESS_MIN = 1 << 15  # from this many units, the layers held at a bound are first guessed from a sample
+_GUESS_STRIDE = 31  # ... of every 31st unit of each layer
 
 
 def _kth_value(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -650,7 +653,7 @@ def _lowest_selected_all(parts: Sequence[Scores], k: int, lo: list[int], hi: lis
         raise _NaNScores
     sizes = [t.numel() for t in scores]
     n = len(scores)
-    held = [0] * n  # per layer: 1 at its cap, -1 at its floor, 0 free
+    held = _held_guess(scores, k, lo, hi) if n > 1 and joined.numel() >= _GUESS_MIN else [0] * n
     for _ in range(_SELECT_ROUNDS):
         free = [scores[i] for i in range(n) if not held[i]]
         rank = k - sum(hi[i] if held[i] > 0 else lo[i] for i in range(n) if held[i])
@@ -685,6 +688,31 @@ def _lowest_selected_all(parts: Sequence[Scores], k: int, lo: list[int], hi: lis
             return masks
         held = [1 if b >= hi[i] else -1 if u <= lo[i] else 0 for i, (b, u) in enumerate(zip(below, upto, strict=True))]
     return None
+
+
+def _held_guess(scores: list[torch.Tensor], k: int, lo: list[int], hi: list[int]) -> list[int]:
+    """Which layers :func:`_lowest_selected_all` will find held at their cap (1) or floor (-1), guessed
+    from every ``_GUESS_STRIDE``-th unit: the same rounds on the sample, with the counts scaled up
+    (a few small ops instead of a selection over every unit). Only the first candidate: every
+    candidate is checked on all units, so a wrong guess costs a round, never a wrong mask."""
+    sample = [t[::_GUESS_STRIDE] for t in scores]
+    scale = [t.numel() / max(1, p.numel()) for t, p in zip(scores, sample, strict=True)]
+    pool = torch.cat(sample)
+    held = [0] * len(scores)
+    for _ in range(_SELECT_ROUNDS):
+        free = [i for i, h in enumerate(held) if not h]
+        rank = k - sum(hi[i] if h > 0 else lo[i] for i, h in enumerate(held) if h)
+        units = sum(scores[i].numel() for i in free)
+        if not free or not 1 <= rank <= units:
+            break
+        pool = pool if len(free) == len(scores) else torch.cat([sample[i] for i in free])
+        value = _kth_value(pool, min(max(1, round(rank * pool.numel() / units)), pool.numel()))
+        below = torch.stack([(p < value).count_nonzero() for p in sample]).tolist()
+        guess = [1 if b * c >= h else -1 if b * c < f else 0 for b, c, f, h in zip(below, scale, lo, hi, strict=True)]
+        if guess == held:
+            break
+        held = guess
+    return held
 
 
 # -- public ----------------------------------------------------------------------------------
