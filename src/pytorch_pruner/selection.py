@@ -48,7 +48,7 @@ import torch
 try:
     import numpy as _numpy
 except ImportError:  # optional: torch.kthvalue then
-    _numpy = None
+    _numpy = None  # type: ignore[assignment]
 
 __all__ = ["DOMAINS", "EPS", "Comm", "LayerUnits", "LazyScores", "kth_smallest", "lowest_k", "select", "select_rows"]
 
