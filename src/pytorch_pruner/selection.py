@@ -700,7 +700,7 @@ def _held_guess(scores: list[torch.Tensor], k: int, lo: list[int], hi: list[int]
     candidate is checked on all units, so a wrong guess costs a round, never a wrong mask."""
     sample = [t[::_GUESS_STRIDE] for t in scores]
     scale = [t.numel() / max(1, p.numel()) for t, p in zip(scores, sample, strict=True)]
-    pool = torch.cat(sample)
+    everything = torch.cat(sample)
     held = [0] * len(scores)
     for _ in range(_SELECT_ROUNDS):
         free = [i for i, h in enumerate(held) if not h]
@@ -708,7 +708,7 @@ def _held_guess(scores: list[torch.Tensor], k: int, lo: list[int], hi: list[int]
         units = sum(scores[i].numel() for i in free)
         if not free or not 1 <= rank <= units:
             break
-        pool = pool if len(free) == len(scores) else torch.cat([sample[i] for i in free])
+        pool = everything if len(free) == len(scores) else torch.cat([sample[i] for i in free])
         value = _kth_value(pool, min(max(1, round(rank * pool.numel() / units)), pool.numel()))
         below = torch.stack([(p < value).count_nonzero() for p in sample]).tolist()
         guess = [1 if b * c >= h else -1 if b * c < f else 0 for b, c, f, h in zip(below, scale, lo, hi, strict=True)]
