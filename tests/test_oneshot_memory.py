@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import re
+import weakref
 from collections.abc import Callable
 
 import pytest
@@ -10,7 +12,9 @@ import torch
 from torch import nn
 
 from pytorch_pruner import PruningConfig, PruningError, prune_oneshot_
-from pytorch_pruner.oneshot.blocks import find_blocks
+from pytorch_pruner.criteria import HessianStats
+from pytorch_pruner.oneshot import api as oneshot_api
+from pytorch_pruner.oneshot.blocks import capture_inputs, find_blocks
 from pytorch_pruner.pruner import Pruner
 from pytorch_pruner.targets import find_targets
 
@@ -100,8 +104,11 @@ def test_sub_batches_give_the_masks_of_whole_batches(family: str, prune_type: st
     seen, stop = _rows_seen(model)
     prune_oneshot_(model, _cfg(prune_type), batches, progress=False, sub_batch_tokens=2 * SEQ + 5)
     stop()
-    # after the capture: 2 rows per call, 3 calls per batch, each of the 2 passes (statistics, outputs)
-    assert [t.shape[0] for t in seen] == [ROWS] * 2 + [2] * 12
+    # after the capture: 2 rows per call, 3 calls per batch, in each pass: wanda's statistics, the
+    # outputs; sparsegpt: a one-row call finding its Hessian groups, then two statistics passes (the
+    # largest Hessian's, the others'), the outputs
+    stats = [2] * 2 * 3 if prune_type == "wanda" else [1] + [2] * 2 * 2 * 3
+    assert [t.shape[0] for t in seen] == [ROWS] * 2 + stats + [2] * 2 * 3
     prune_oneshot_(whole, _cfg(prune_type), batches, progress=False, sub_batch_tokens=None)
     pruned = 0
     for (name, ours), theirs in zip(model.named_parameters(), whole.parameters(), strict=True):
@@ -255,3 +262,125 @@ def test_magnitude_alone_still_checks_the_calibration_batches(calibration: objec
         prune_oneshot_(model, _cfg("magnitude"), calibration, progress=False)  # type: ignore[arg-type]
     for name, value in model.state_dict().items():
         assert torch.equal(value, before[name]), name
+
+
+# -- sparsegpt: one Hessian group at a time (issue #11's bound: one layer's Hessian) -------------
+@pytest.mark.parametrize("family", ["llama", "gpt2", "opt"])
+def test_sparsegpt_statistics_hold_at_most_the_largest_hessian(family: str) -> None:
+    """At every Hessian update the Hessians alive take at most the largest one's bytes: the MLP's
+    last layer's (in x in) is filled alone, in its own pass, and freed by its prune before the
+    block's other inputs' (q/k/v, o, gate/up: in² each, together less) are filled, not all in one pass."""
+    instances: weakref.WeakSet[HessianStats] = weakref.WeakSet()
+    alive: list[list[int]] = []
+    init, update = HessianStats.__init__, HessianStats.update_
+
+    def tracked_init(self: HessianStats, *args: object) -> None:
+        init(self, *args)  # type: ignore[arg-type]
+        instances.add(self)
+
+    def counted_update(self: HessianStats, flat: torch.Tensor) -> None:
+        update(self, flat)
+        alive.append(sorted(s.h.shape[0] for s in instances if s._h is not None))
+
+    torch.manual_seed(0)
+    model = MODELS[family]().eval()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HessianStats, "__init__", tracked_init)
+        patch.setattr(HessianStats, "update_", counted_update)
+        prune_oneshot_(model, _cfg("sparsegpt"), _batches(), progress=False, sub_batch_tokens=2 * SEQ)
+    largest = {"llama": 64, "gpt2": 128, "opt": 64}[family]  # the MLP's width: down_proj's / c_proj's / fc2's input
+    # per block, 2 batches x 3 sub-batches: one update of the largest, then one of each of the 3 others
+    assert len(alive) == 2 * (1 + 3) * 2 * 3
+    assert [largest] in alive and [32, 32, 32] in alive
+    assert max(sum(n * n for n in sizes) for sizes in alive) == largest**2
+    assert all(sizes == [largest] for sizes in alive if largest in sizes)
+
+
+@pytest.mark.parametrize(
+    ("family", "pattern", "mixed"),
+    [("llama", "1x1", False), ("llama", "2:4", False), ("llama", "1x1", True), ("gpt2", "1x1", False),
+     ("opt", "4x1", False), ("bert", "1x1", False)],
+)  # fmt: skip
+def test_sparsegpt_group_by_group_equals_one_statistics_pass(family: str, pattern: str, mixed: bool) -> None:
+    """Pruning the Hessian groups in the reverse order of the block's inputs, each from its own pass
+    stopped early, gives bitwise the masks and weights of one statistics pass over the unpruned
+    block. *mixed*: the MLP pruned by magnitude in the same run (it needs no data)."""
+    torch.manual_seed(0)
+    model = MODELS[family]().eval()
+    single = copy.deepcopy(model)
+    batches = _batches()
+    config: dict[str, object] = _cfg("sparsegpt", pattern=pattern)
+    if mixed:
+        config = {
+            "target_sparsity": 0.5,
+            "pattern": pattern,
+            "pruners": [
+                {"prune_type": "sparsegpt", "names": [r"layers\.\d+\.self_attn\."]},
+                {"prune_type": "magnitude", "names": [r"layers\.\d+\.mlp\."]},
+            ],
+        }
+    prune_oneshot_(model, config, batches, progress=False, sub_batch_tokens=2 * SEQ)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(oneshot_api, "_ONE_GROUP_AT_A_TIME", False)
+        prune_oneshot_(single, config, batches, progress=False, sub_batch_tokens=2 * SEQ)
+    layers = 0
+    for (name, ours), theirs in zip(model.named_parameters(), single.parameters(), strict=True):
+        assert torch.equal(ours, theirs), name
+        if ours.dim() == 2 and re.search(r"(layers|h|layer)\.\d+\.", name):
+            assert float((ours == 0).float().mean()) == pytest.approx(0.5, abs=0.02), name
+            layers += 1
+    assert layers == 2 * {"llama": 7, "gpt2": 4, "opt": 6, "bert": 6}[family]
+
+
+class _Twice(nn.Module):
+    """A block that calls its layer twice: its Hessian needs both inputs of every forward."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc(torch.tanh(self.fc(x)))
+
+
+class _TwiceStack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([_Twice(), _Twice()])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_sparsegpt_layer_called_twice_per_forward_gets_both_inputs() -> None:
+    """A layer called twice in one forward can't be pruned from a pass stopped at its first call:
+    such a block is calibrated in one statistics pass, with the Hessian of both calls."""
+    torch.manual_seed(0)
+    model = _TwiceStack()
+    single = copy.deepcopy(model)
+    batches = [{"x": torch.randn(4, 8)} for _ in range(2)]
+    prune_oneshot_(model, _cfg("sparsegpt", names=[r"layers\.\d+\."]), batches, progress=False)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(oneshot_api, "_ONE_GROUP_AT_A_TIME", False)
+        prune_oneshot_(single, _cfg("sparsegpt", names=[r"layers\.\d+\."]), batches, progress=False)
+    for (name, ours), theirs in zip(model.named_parameters(), single.parameters(), strict=True):
+        assert torch.equal(ours, theirs), name
+    assert int((model.layers[0].fc.weight == 0).sum()) == 32
+
+
+def test_captured_calls_hold_repeated_side_inputs_once() -> None:
+    """The rotary position embeddings, equal for every batch, are held once, not once per batch;
+    inputs that differ per batch stay each batch's own."""
+    torch.manual_seed(0)
+    model = _llama().eval()
+    batches = _batches(3)
+    batches[2]["position_ids"] = torch.arange(SEQ).flip(0).expand(ROWS, SEQ)  # other positions
+    with torch.no_grad():
+        calls = capture_inputs(model, find_blocks(model).modules[0], batches, None)
+    cos = [kwargs["position_embeddings"][0] for _, kwargs in calls]
+    assert cos[1] is cos[0] and cos[2] is not cos[0]
+    assert not torch.equal(cos[2], cos[0])
+    hidden = [kwargs["hidden_states"] if "hidden_states" in kwargs else args[0] for args, kwargs in calls]
+    assert len({h.data_ptr() for h in hidden}) == 3  # the hidden states: each its own copy

@@ -20,7 +20,7 @@ import functools
 import math
 import warnings
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any, ClassVar
 
 import torch
@@ -153,11 +153,14 @@ class _InputCriterion(Criterion):
         self._handles: list[RemovableHandle] = []
         self.attach_hooks()
 
-    def attach_hooks(self) -> None:
-        """Start collecting input statistics (a forward pre-hook per layer)."""
+    def attach_hooks(self, only: Collection[int] | None = None) -> None:
+        """Start collecting input statistics (a forward pre-hook per layer; *only*: just for the
+        slots of these indices, e.g. one-shot passes that fill one Hessian at a time)."""
         if self._handles:
             return
         for index, slot in enumerate(self.slots):
+            if only is not None and index not in only:
+                continue
             assert slot.module is not None  # checked in __init__
             self._handles.append(slot.module.register_forward_pre_hook(self._hook(index)))
 
@@ -198,12 +201,18 @@ class _InputCriterion(Criterion):
     def tokens(self) -> list[int]:
         return [int(s.count) for s in self.stats]
 
-    def nonfinite_layers(self) -> list[int]:
-        """Indices of the slots whose statistics hold inf or NaN."""
+    def nonfinite_layers(self, only: Collection[int] | None = None) -> list[int]:
+        """Indices of the slots (*only*: of these) whose statistics hold inf or NaN."""
         # a Hessian's diagonal holds every input's x² (NaN and inf show there), and |H_ij| <= sqrt(H_ii H_jj):
         # checking it is enough, without a full-size temporary
-        own = [s.mean_sq if isinstance(s, ActivationStats) else s.h.diagonal() for s in self.stats]
-        return [i for i, t in enumerate(own) if not bool(torch.isfinite(t).all())]
+        indices = range(len(self.stats)) if only is None else sorted(only)
+        bad = []
+        for i in indices:
+            s = self.stats[i]
+            own = s.mean_sq if isinstance(s, ActivationStats) else s.h.diagonal()
+            if not bool(torch.isfinite(own).all()):
+                bad.append(i)
+        return bad
 
 
 def _in_features(module: nn.Module, cols: int) -> int:

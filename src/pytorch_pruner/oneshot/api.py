@@ -7,8 +7,9 @@ import os
 import sys
 import time
 import warnings
+import weakref
 from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -30,6 +31,7 @@ from .blocks import (
     hidden_of,
     run_batch,
     sub_batch_rows,
+    sub_batches,
 )
 from .owl import outlier_ratio, owl_sparsities
 from .report import OneShotBlock, OneShotLayer, OneShotReport
@@ -225,18 +227,22 @@ def _tokens(inputs: list[BlockInputs]) -> int:
     return total
 
 
-def _check_statistics(pruners: list[Pruner], block: str) -> None:
+def _check_statistics(pruners: list[Pruner], block: str, only: list[int] | None = None) -> None:
+    """A clear error for a layer that saw no input, or NaN/inf in its statistics (*only*: the
+    layers of these indices, of each of *pruners*)."""
     for p in pruners:
         crit = p.criterion
         if not crit.needs_inputs:
             continue
-        for layer, tokens in zip(p.layers, crit.tokens(), strict=True):  # type: ignore[attr-defined]
-            if tokens == 0:
+        indices = range(len(p.layers)) if only is None else only
+        tokens = crit.tokens()  # type: ignore[attr-defined]
+        for index in indices:
+            if tokens[index] == 0:
                 raise PruningError(
-                    f"{layer.name} saw no input while {block or 'the model'} ran on the calibration data: it is not "
-                    "on the forward path; exclude it (not_to_prune_names) or prune it with magnitude"
+                    f"{p.layers[index].name} saw no input while {block or 'the model'} ran on the calibration data: "
+                    "it is not on the forward path; exclude it (not_to_prune_names) or prune it with magnitude"
                 )
-        bad = crit.nonfinite_layers()  # type: ignore[attr-defined]
+        bad = crit.nonfinite_layers(only)  # type: ignore[attr-defined]
         if bad:
             names = [p.layers[i].name for i in bad]
             raise PruningError(
@@ -247,14 +253,32 @@ def _check_statistics(pruners: list[Pruner], block: str) -> None:
 
 @torch.no_grad()
 def _sparsegpt_prune(pruner: Pruner) -> None:
-    """Prune each layer of *pruner* with SparseGPT, one Hessian at a time: the layers reading one
-    input (q/k/v, gate/up) share it; it is prepared (consumed) when first needed and freed after
-    its last layer, so beyond the statistics at most one prepared Hessian is alive."""
+    """Prune each layer of *pruner* with SparseGPT from the Hessians of one statistics pass, then
+    apply the masks (see :func:`_sparsegpt_layers`)."""
+    _sparsegpt_layers(pruner, range(len(pruner.layers)))
+    _sparsegpt_done(pruner)
+
+
+def _sparsegpt_done(pruner: Pruner) -> None:
+    pruner.follow_weights_()  # masks still deferred (a layer left at sparsity 0) come back all kept
+    pruner.current_sparsity = pruner.settings.final_sparsity
+    pruner.refresh_masks()
+    pruner.apply_masks()
+
+
+@torch.no_grad()
+def _sparsegpt_layers(pruner: Pruner, layers: Iterable[int]) -> None:
+    """Prune the layers *indices* of *pruner* with SparseGPT (their Hessians filled), one Hessian
+    at a time: the layers reading one input (q/k/v, gate/up) share it; it is prepared (consumed)
+    when first needed and freed after its last layer. Their weights are rewritten; their masks are
+    set (a deferred mask becomes the layer's own), :func:`_sparsegpt_done` applies them.
+    *layers*: indices into ``pruner.layers``."""
     sparsity = pruner.settings.final_sparsity
     pattern = pruner.pattern
     stats_list = pruner.criterion.stats  # type: ignore[attr-defined]
     groups: dict[int, list[int]] = {}
-    for index, stats in enumerate(stats_list):
+    for index in layers:
+        stats = stats_list[index]
         if not isinstance(stats, HessianStats):  # unreachable: sparsegpt keeps Hessians
             raise PruningError(f"sparsegpt has no Hessian for {pruner.layers[index].name}")
         groups.setdefault(id(stats), []).append(index)
@@ -273,12 +297,14 @@ def _sparsegpt_prune(pruner: Pruner) -> None:
             )
             weight.copy_(target.from_2d(new.to(weight.dtype)))
             del new
-            layer.keep.copy_(keep if keep.shape == layer.keep.shape else pattern.reduce(keep.float()) > 0)
+            mask = keep if keep.shape == layer.keep.shape else pattern.reduce(keep.float()) > 0
             del keep
+            if layer.keep.is_meta:  # deferred (Pruner.defer_masks_): this is its first decision
+                layer.keep = mask
+            else:
+                layer.keep.copy_(mask)
+            del mask
         del ready
-    pruner.current_sparsity = sparsity
-    pruner.refresh_masks()
-    pruner.apply_masks()
 
 
 def _run(block: nn.Module, inputs: list[BlockInputs], tokens: int | None, outputs: bool, fresh: bool = False) -> None:
@@ -373,7 +399,12 @@ def prune_oneshot_(
     activations inside the block (see *sub_batch_tokens*) and the block's statistics. For each
     block: the criterion's hooks collect the input statistics of its layers while the cached
     inputs run through it (``wanda``: mean x²; ``sparsegpt``: the Hessian), the block is pruned,
-    and it runs again to give the next block's inputs. ``magnitude`` needs no data: when no
+    and it runs again to give the next block's inputs. ``sparsegpt`` fills one Hessian at a time:
+    its layers are grouped by the input they read (q/k/v, o, gate/up, down), and the groups are
+    pruned in the reverse order of the block's forward, each from its own pass over the data that
+    stops the forward once the group has seen its input; the masks and weights are those of one
+    pass over the unpruned block (a layer's input depends only on the layers before it), with
+    one group's Hessian alive instead of all of them. ``magnitude`` needs no data: when no
     pruner needs it (and no OWL), the batches are only checked and counted, never run. With
     ``owl: true`` a dense pass first gives each block its own sparsity (OWL), with the target as
     the weighted mean (that pass holds a second copy of the block-boundary hidden states).
@@ -398,7 +429,8 @@ def prune_oneshot_(
         restore_on_error: keep a CPU copy of each block's original weights while the run lasts, so an
             error at any block leaves the whole model as it was (costs host memory: sparsegpt the size
             of the pruned weights, magnitude and wanda only the original values where they wrote
-            zeros; ``False`` saves it, and an error then leaves the earlier blocks pruned).
+            zeros; ``False`` saves it, and an error then leaves the earlier blocks pruned, and with
+            sparsegpt the layers of the failing block that were pruned before it showed).
         sub_batch_tokens: run each block on sub-batches of at most this many tokens (whole
             sequences, at least one), which bounds the activations inside a block (attention scores,
             MLP intermediates, the criteria's copies of layer inputs) whatever the calibration batch
@@ -577,10 +609,23 @@ def _prune_block(
                 p.criterion.count_eval = True  # type: ignore[attr-defined]
             p.defer_masks_()  # not held through the statistics pass
             pruners.append((i, p))
-        if any(p.criterion.needs_inputs and p.layers for _, p in pruners):
-            _run(block, inputs, None if blocks.whole else tokens, False)
+        readers = [p for _, p in pruners if p.criterion.needs_inputs and p.layers]
+        run_tokens = None if blocks.whole else tokens
+        plan = None
+        if readers and all(p.criterion.oneshot_only for p in readers) and _ONE_GROUP_AT_A_TIME:
+            groups = _hessian_groups(block, readers, inputs, None if blocks.whole else 1)
+            plan = None if groups is None else _passes(groups)
+        if plan is not None:
+            for groups in plan:
+                _sparsegpt_pass(block, groups, inputs, run_tokens, blocks.names[b], backups, keep_backup)
+            for p in readers:
+                _sparsegpt_done(p)
+        elif readers:
+            _run(block, inputs, run_tokens, False)
             _check_statistics([p for _, p in pruners], blocks.names[b])
         for _, p in pruners:
+            if plan is not None and p in readers:
+                continue  # pruned above
             p.follow_weights_()  # the masks back, all kept
             if p.criterion.oneshot_only:
                 if keep_backup:
@@ -597,6 +642,145 @@ def _prune_block(
         for _, p in pruners:
             p.criterion.remove_hooks()
     return pruners
+
+
+#: sparsegpt fills the Hessians pass by pass, in the reverse order of the block's inputs, at most
+#: the largest one's bytes at a time (see :func:`_passes`); False: one statistics pass fills them
+#: all (the tests compare both)
+_ONE_GROUP_AT_A_TIME = True
+
+
+class _GroupSeen(Exception):
+    """Raised by a statistics pass's hook once every layer of its group has seen this call's input:
+    the rest of the block's forward is not needed."""
+
+
+#: one Hessian group: the layers (pruner, index) that read one input tensor of the block
+_Group = list[tuple[Pruner, int]]
+
+
+def _hessian_groups(
+    block: nn.Module, readers: list[Pruner], inputs: list[BlockInputs], tokens: int | None
+) -> list[_Group] | None:
+    """The sparsegpt layers of *block* grouped by the input they read (q/k/v, o, gate/up, down),
+    in the order the block's forward reads those inputs, found from one forward of the first
+    calibration batch's first *tokens* tokens (whole sequences, at least one; None: the whole
+    batch); None (one pass for all Hessians) when that order can't be relied on: a layer called
+    more than once in that forward, or not at all (e.g. an MoE expert no token reached).
+
+    Pruning the groups in the reverse of that order, each from a pass of the block as it is then,
+    gives the masks and weights of one pass over the unpruned block: a layer's input depends only
+    on the layers before it, which are still unpruned when it is pruned.
+    """
+    groups: list[_Group] = []
+    calls: dict[tuple[int, int], int] = {}
+    last: list[weakref.ref[torch.Tensor] | None] = [None]
+
+    def recorder(p: Pruner, index: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            calls[(id(p), index)] = calls.get((id(p), index), 0) + 1
+            before = last[0]
+            if groups and x is not None and before is not None and before() is x:
+                groups[-1].append((p, index))
+            else:
+                groups.append([(p, index)])
+            last[0] = None if x is None else weakref.ref(x)
+
+        return hook
+
+    for p in readers:
+        p.criterion.remove_hooks()  # type: ignore[attr-defined]
+    handles = [
+        p.criterion.slots[i].module.register_forward_pre_hook(recorder(p, i))  # type: ignore[union-attr]
+        for p in readers
+        for i in range(len(p.layers))
+    ]
+    try:
+        first = inputs[0]
+        block_call = next(sub_batches(first, sub_batch_rows(block, first, tokens)))
+        block(*block_call[0], **block_call[1])
+    finally:
+        for handle in handles:
+            handle.remove()
+    everyone = [(id(p), i) for p in readers for i in range(len(p.layers))]
+    if any(calls.get(key, 0) != 1 for key in everyone):
+        for p in readers:
+            p.criterion.attach_hooks()  # type: ignore[attr-defined]
+        return None
+    return groups
+
+
+def _hessian_bytes(group: _Group) -> int:
+    """The bytes of the Hessians *group* fills: one per pruner (its layers share it)."""
+    sizes = {id(p): p.criterion.stats[i].features ** 2 * 4 for p, i in group}  # type: ignore[attr-defined]
+    return sum(sizes.values())
+
+
+def _passes(groups: list[_Group]) -> list[list[_Group]]:
+    """*groups* (in the forward's order) as statistics passes, last input first: each pass takes the
+    next groups back to front while their Hessians together stay within the largest group's (so
+    a Llama block makes two passes: down_proj's, then gate/up's, o's and q/k/v's together; each
+    pass costs a forward of the block up to its deepest input)."""
+    budget = max(_hessian_bytes(g) for g in groups)
+    passes: list[list[_Group]] = []
+    size = 0
+    for group in reversed(groups):
+        need = _hessian_bytes(group)
+        if passes and size + need <= budget:
+            passes[-1].append(group)
+            size += need
+        else:
+            passes.append([group])
+            size = need
+    return passes
+
+
+def _sparsegpt_pass(
+    block: nn.Module,
+    groups: list[_Group],
+    inputs: list[BlockInputs],
+    tokens: int | None,
+    name: str,
+    backups: list[_Backup],
+    keep_backup: bool,
+) -> None:
+    """Fill the Hessians of *groups* from the calibration data (stopping each block call once they
+    have all seen their input), then prune their layers (:func:`_sparsegpt_layers`)."""
+    mine: dict[int, tuple[Pruner, list[int]]] = {}
+    for group in groups:
+        for p, index in group:
+            mine.setdefault(id(p), (p, []))[1].append(index)
+    modules = [p.criterion.slots[i].module for group in groups for p, i in group]
+    waiting: set[int] = set()
+
+    def stop(module: nn.Module, args: tuple[Any, ...]) -> None:
+        waiting.discard(id(module))
+        if not waiting:
+            raise _GroupSeen
+
+    handles = []
+    try:
+        for p, indices in mine.values():
+            p.criterion.attach_hooks(only=indices)  # type: ignore[attr-defined]
+        # after the criteria's hooks: those of a layer run first, in the order they were added
+        handles = [m.register_forward_pre_hook(stop) for m in modules]  # type: ignore[union-attr]
+        for call in inputs:
+            for args, kwargs in sub_batches(call, sub_batch_rows(block, call, tokens)):
+                waiting.update(id(m) for m in modules)
+                with suppress(_GroupSeen):
+                    block(*args, **kwargs)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for p, _ in mine.values():
+            p.criterion.remove_hooks()
+    for p, indices in mine.values():
+        _check_statistics([p], name, indices)
+    for p, indices in mine.values():
+        if keep_backup:
+            backups.extend(_Backup(p.layers[i].target.weight) for i in indices)
+        _sparsegpt_layers(p, indices)  # one prepared Hessian at a time, each freed after its layers
 
 
 def _record(

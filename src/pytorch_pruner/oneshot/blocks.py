@@ -30,6 +30,7 @@ __all__ = [
     "run_batch",
     "run_block",
     "sub_batch_rows",
+    "sub_batches",
     "with_hidden",
 ]
 
@@ -158,6 +159,38 @@ def _clean_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _share_repeats(call: BlockInputs, previous: list[torch.Tensor]) -> BlockInputs:
+    """*call* with each tensor argument other than the hidden states that equals the one at the
+    same place in the previous call replaced by that one (e.g. the rotary position embeddings,
+    the same for every batch of one length: held once, not once per batch); *previous* becomes
+    this call's."""
+    seen: list[torch.Tensor] = []
+
+    def share(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            i = len(seen)
+            if i < len(previous):
+                old = previous[i]
+                same = old.shape == value.shape and old.dtype == value.dtype and old.device == value.device
+                if same and old.stride() == value.stride() and torch.equal(old, value):
+                    value = old
+            seen.append(value)
+            return value
+        if isinstance(value, tuple | list):
+            return type(value)(share(v) for v in value)
+        if isinstance(value, dict):
+            return {k: share(v) for k, v in value.items()}
+        return value
+
+    args, kwargs = call
+    if args:
+        out: BlockInputs = ((args[0], *share(args[1:])), share(kwargs))
+    else:
+        out = ((), {k: v if k == "hidden_states" else share(v) for k, v in kwargs.items()})
+    previous[:] = seen
+    return out
+
+
 def capture_inputs(
     model: nn.Module,
     first: nn.Module,
@@ -171,15 +204,15 @@ def capture_inputs(
         the block.
     """
     cache: list[BlockInputs] = []
+    previous: list[torch.Tensor] = []  # the last call's other tensor arguments, in order
 
     def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         call = (_to(tuple(args), device), _to(_clean_kwargs(kwargs), device))
         hidden = hidden_of(call)
         # an own, contiguous copy: the block outputs overwrite it in place later (see run_batch), and
         # it may be the caller's tensor (e.g. inputs_embeds) or a view
-        cache.append(
-            with_hidden(call, hidden.to(device=hidden.device, memory_format=torch.contiguous_format, copy=True))
-        )
+        call = with_hidden(call, hidden.to(device=hidden.device, memory_format=torch.contiguous_format, copy=True))
+        cache.append(_share_repeats(call, previous))
         raise _Stop
 
     if isinstance(calibration, torch.Tensor | Mapping):
@@ -287,6 +320,25 @@ def _rows(value: Any, batch: int, start: int, stop: int) -> Any:
     return value
 
 
+def _sub_batches(inputs: BlockInputs, rows: int | None) -> Iterator[tuple[int, int, BlockInputs]]:
+    """``(start, stop, call)`` for each sub-batch of *rows* sequences of one block call (None: one, whole)."""
+    batch = hidden_of(inputs).shape[0]
+    step = rows or batch
+    for start in range(0, batch, step):
+        stop = min(start + step, batch)
+        yield start, stop, inputs if step == batch else _rows(inputs, batch, start, stop)
+
+
+def sub_batches(inputs: BlockInputs, rows: int | None) -> Iterator[BlockInputs]:
+    """The block calls of :func:`run_batch`: *inputs* cut into sub-batches of *rows* sequences
+    (:func:`sub_batch_rows`; None: *inputs* whole)."""
+    if rows is None:
+        yield inputs
+        return
+    for _, _, call in _sub_batches(inputs, rows):
+        yield call
+
+
 def run_batch(block: nn.Module, inputs: BlockInputs, rows: int | None, *, into: torch.Tensor | None) -> BlockInputs:
     """Run *block* on one calibration batch, *rows* sequences at a time (None: all at once).
 
@@ -299,12 +351,8 @@ def run_batch(block: nn.Module, inputs: BlockInputs, rows: int | None, *, into: 
     if rows is None and into is None:
         block(*inputs[0], **inputs[1])
         return inputs
-    batch = hidden_of(inputs).shape[0]
-    step = rows or batch
     outs: list[torch.Tensor] = []
-    for start in range(0, batch, step):
-        stop = min(start + step, batch)
-        args, kwargs = inputs if step == batch else _rows(inputs, batch, start, stop)
+    for start, stop, (args, kwargs) in _sub_batches(inputs, rows):
         out = block(*args, **kwargs)
         if into is None:
             continue

@@ -161,12 +161,12 @@ def sparsegpt_(
                 score = block[:, i : i + pattern.m].pow(2) / diag[i : i + pattern.m].pow(2)
                 lowest = torch.sort(score, dim=1, stable=True).indices[:, : pattern.n]
                 chosen[:, i : i + pattern.m].scatter_(1, lowest, True)
-            column = block[:, i]
-            kept = torch.where(chosen[:, i], torch.zeros_like(column), column)
-            err = (column - kept) / diag[i]
+            # the error of zeroing the chosen weights of column i (w / U_ii where pruned, 0 where kept),
+            # spread over the block's later columns; column i itself is left at ~0 where pruned
+            # (exactly 0 by the final masked_fill) and unchanged where kept: err is 0 there
+            err = errors[:, i]
+            torch.mul(block[:, i], chosen[:, i], out=err).div_(diag[i])
             block[:, i:].addr_(err, u_block[i, i:], alpha=-1)  # in place: no [rows, block] temporary
-            block[:, i] = kept
-            errors[:, i] = err
         w[:, i1:i2] = block
         if i2 < cols:
             w[:, i2:].addmm_(errors, u[i1:i2, i2:], alpha=-1)  # no [rows, cols] temporary
