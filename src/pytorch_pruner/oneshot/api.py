@@ -650,9 +650,10 @@ def _prune_block(
 _ONE_GROUP_AT_A_TIME = True
 
 
-class _GroupSeen(Exception):
+class _GroupSeen(BaseException):
     """Raised by a statistics pass's hook once every layer of its group has seen this call's input:
-    the rest of the block's forward is not needed."""
+    the rest of the block's forward is not needed. A BaseException, so that a model's own
+    ``except Exception`` inside its forward does not swallow it and run the rest of the block."""
 
 
 #: one Hessian group: the layers (pruner, index) that read one input tensor of the block
