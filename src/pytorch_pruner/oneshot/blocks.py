@@ -94,8 +94,9 @@ def find_blocks(model: nn.Module) -> Blocks:
     return Blocks([""], [root], whole=True)
 
 
-class _Stop(Exception):
-    """Raised by the capture hook to end the forward at block 0."""
+class _Stop(BaseException):
+    """Raised by the capture hook to end the forward at block 0 (a BaseException, so that a model's
+    own ``except Exception`` around its blocks does not swallow it and run them all)."""
 
 
 #: One block call: (positional args, keyword args); the hidden states are args[0] or
