@@ -139,11 +139,12 @@ class _Block(nn.Module):
 
 
 class _Stack(nn.Module):
-    """Not a transformers model: its batch dimension is unknown (it could be sequence-first)."""
+    """Not a transformers model: its batch dimension is unknown (it could be sequence-first). Two
+    blocks of type *block*."""
 
-    def __init__(self) -> None:
+    def __init__(self, block: type[nn.Module] = _Block) -> None:
         super().__init__()
-        self.layers = nn.ModuleList([_Block(), _Block()])
+        self.layers = nn.ModuleList([block(), block()])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
@@ -343,22 +344,9 @@ class _Twice(nn.Module):
         return x + self.fc(torch.tanh(self.fc(x)))
 
 
-class _TwiceStack(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList([_Twice(), _Twice()])
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
-        return x
-
-
-def test_sparsegpt_layer_called_twice_per_forward_gets_both_inputs() -> None:
-    """A layer called twice in one forward can't be pruned from a pass stopped at its first call:
-    such a block is calibrated in one statistics pass, with the Hessian of both calls."""
-    torch.manual_seed(0)
-    model = _TwiceStack()
+def _same_as_one_statistics_pass(model: nn.Module) -> None:
+    """Prune *model* (sparsegpt on its ``layers``, two random batches of 4 x 8) group by group,
+    and a copy of it with one statistics pass; assert their weights are bitwise equal."""
     single = copy.deepcopy(model)
     batches = [{"x": torch.randn(4, 8)} for _ in range(2)]
     prune_oneshot_(model, _cfg("sparsegpt", names=[r"layers\.\d+\."]), batches, progress=False)
@@ -367,6 +355,14 @@ def test_sparsegpt_layer_called_twice_per_forward_gets_both_inputs() -> None:
         prune_oneshot_(single, _cfg("sparsegpt", names=[r"layers\.\d+\."]), batches, progress=False)
     for (name, ours), theirs in zip(model.named_parameters(), single.parameters(), strict=True):
         assert torch.equal(ours, theirs), name
+
+
+def test_sparsegpt_layer_called_twice_per_forward_gets_both_inputs() -> None:
+    """A layer called twice in one forward can't be pruned from a pass stopped at its first call:
+    such a block is calibrated in one statistics pass, with the Hessian of both calls."""
+    torch.manual_seed(0)
+    model = _Stack(_Twice)
+    _same_as_one_statistics_pass(model)
     assert int((model.layers[0].fc.weight == 0).sum()) == 32
 
 
@@ -426,14 +422,7 @@ def test_early_stops_are_not_swallowed_by_a_models_except_exception() -> None:
     after the first do not run during capture, and the result is the single statistics pass's."""
     torch.manual_seed(0)
     model = _ForgivingStack()
-    single = copy.deepcopy(model)
-    batches = [{"x": torch.randn(4, 8)} for _ in range(2)]
-    prune_oneshot_(model, _cfg("sparsegpt", names=[r"layers\.\d+\."]), batches, progress=False)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(oneshot_api, "_ONE_GROUP_AT_A_TIME", False)
-        prune_oneshot_(single, _cfg("sparsegpt", names=[r"layers\.\d+\."]), batches, progress=False)
-    for (name, ours), theirs in zip(model.named_parameters(), single.parameters(), strict=True):
-        assert torch.equal(ours, theirs), name
+    _same_as_one_statistics_pass(model)
     assert [model.fallbacks, *(layer.fallbacks for layer in model.layers)] == [0, 0, 0]
     # ``last`` runs in the one-row forward that finds the order, in its own pass (2 batches) and, but
     # in the last block, in the pass that makes the block's outputs (2 batches); not during capture,

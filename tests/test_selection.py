@@ -302,6 +302,36 @@ def test_small_layers_ranked_by_kthvalue_equal_the_histogram_path(monkeypatch: p
         assert [lowest_k(layer.scores, k).tolist() for layer in layers for k in (1, layer.units // 2)] == want_lowest
 
 
+def _capped_cases(
+    seed: int,
+    count: int,
+    max_layers: int,
+    sizes: tuple[int, int],
+    span: int,
+    floor: float,
+    nan_every: int = 0,
+) -> list[tuple[list[LayerUnits], float]]:
+    """Random global-selection cases of 4-weight units: integer scores with many ties (odd cases)
+    or normal ones, -0.0 next to 0.0 (every third), some NaN (every *nan_every*-th), some layers
+    scored low so that they are held at their cap, random caps and (even cases) floors."""
+    g = torch.Generator().manual_seed(seed)
+    cases = []
+    for case in range(count):
+        layers = []
+        for _ in range(int(torch.randint(1, max_layers + 1, (1,), generator=g))):
+            n = int(torch.randint(*sizes, (1,), generator=g))
+            scores = torch.randint(-span, span, (n,), generator=g).float() if case % 2 else torch.randn(n, generator=g)
+            scores[scores == 0] = -0.0 if case % 3 == 0 else 0.0
+            if nan_every and case % nan_every == 0:
+                scores[torch.rand(n, generator=g) < 0.02] = float("nan")
+            scale = 0.01 if torch.rand(1, generator=g) < 0.3 else 1.0  # low scores: held at the cap
+            cap = 1.0 if case % 5 == 0 else 0.5 + 0.5 * float(torch.rand(1, generator=g))
+            least = 0.0 if case % 2 else floor * float(torch.rand(1, generator=g))
+            layers.append(LayerUnits(scores * scale, 4, 4 * n, max_sparsity=cap, min_sparsity=least))
+        cases.append((layers, 0.1 + 0.85 * float(torch.rand(1, generator=g))))
+    return cases
+
+
 def test_cut_found_inside_the_bracket_by_kthvalue_equals_the_histogram_rounds(monkeypatch: pytest.MonkeyPatch) -> None:
     """In one process, when no layer's cap or floor is reached inside the bracket, the cut is the
     kthvalue of the units inside it: on random data with ties, -0.0, caps and floors (some layers at
@@ -313,19 +343,7 @@ def test_cut_found_inside_the_bracket_by_kthvalue_equals_the_histogram_rounds(mo
     monkeypatch.setattr(selection, "_SELECT_ALL", 0)
     monkeypatch.setattr(selection, "_CHUNK", 97)
     monkeypatch.setattr(selection, "_BAND_SHARE", 1.0)
-    g = torch.Generator().manual_seed(3)
-    cases = []
-    for seed in range(24):
-        layers = []
-        for _ in range(int(torch.randint(1, 6, (1,), generator=g))):
-            n = int(torch.randint(200, 3000, (1,), generator=g))
-            scores = torch.randint(-20, 20, (n,), generator=g).float() if seed % 2 else torch.randn(n, generator=g)
-            scores[scores == 0] = -0.0 if seed % 3 == 0 else 0.0
-            scale = 0.01 if torch.rand(1, generator=g) < 0.3 else 1.0  # low scores: held at the cap
-            cap = 1.0 if seed % 5 == 0 else 0.5 + 0.5 * float(torch.rand(1, generator=g))
-            floor = 0.0 if seed % 2 else 0.3 * float(torch.rand(1, generator=g))
-            layers.append(LayerUnits(scores * scale, 4, 4 * n, max_sparsity=cap, min_sparsity=floor))
-        cases.append((layers, 0.1 + 0.85 * float(torch.rand(1, generator=g))))
+    cases = _capped_cases(3, count=24, max_layers=5, sizes=(200, 3000), span=20, floor=0.3)
     calls = []
     settled = selection._settled_in_band
     monkeypatch.setattr(selection, "_settled_in_band", lambda *a: calls.append(r := settled(*a)) or r)
@@ -333,6 +351,7 @@ def test_cut_found_inside_the_bracket_by_kthvalue_equals_the_histogram_rounds(mo
     kth = [[kth_smallest([la.scores for la in layers], q).item() for q in (1, 77, 500)] for layers, _ in cases]
     assert sum(r is not None for r in calls) >= 20 and any(r is None for r in calls)  # both paths are taken
     # the k-th value among -0.0 and 0.0 is 0.0, as the histograms' keys (which do not tell them apart) give it
+    g = torch.Generator().manual_seed(4)
     zeros = torch.cat([torch.full((400,), -0.0), torch.rand(600, generator=g) + 1, -torch.rand(600, generator=g) - 1])
     assert struct.pack("<f", kth_smallest(zeros[torch.randperm(1600, generator=g)], 700).item()) == struct.pack(
         "<f", 0.0
@@ -365,21 +384,7 @@ def test_all_units_ranked_by_kth_values_equal_the_histograms(
         monkeypatch.setattr(
             selection, "_held_guess", lambda scores, *_: torch.randint(-1, 2, (len(scores),), generator=rng).tolist()
         )
-    g = torch.Generator().manual_seed(8)
-    cases = []
-    for seed in range(20):
-        layers = []
-        for _ in range(int(torch.randint(1, 7, (1,), generator=g))):
-            n = int(torch.randint(100, 1500, (1,), generator=g))
-            scores = torch.randint(-15, 15, (n,), generator=g).float() if seed % 2 else torch.randn(n, generator=g)
-            scores[scores == 0] = -0.0 if seed % 3 == 0 else 0.0
-            if seed % 7 == 0:
-                scores[torch.rand(n, generator=g) < 0.02] = float("nan")
-            scale = 0.01 if torch.rand(1, generator=g) < 0.3 else 1.0  # low scores: held at the cap
-            cap = 1.0 if seed % 5 == 0 else 0.5 + 0.5 * float(torch.rand(1, generator=g))
-            floor = 0.0 if seed % 2 else 0.4 * float(torch.rand(1, generator=g))
-            layers.append(LayerUnits(scores * scale, 4, 4 * n, max_sparsity=cap, min_sparsity=floor))
-        cases.append((layers, 0.1 + 0.85 * float(torch.rand(1, generator=g))))
+    cases = _capped_cases(8, count=20, max_layers=6, sizes=(100, 1500), span=15, floor=0.4, nan_every=7)
     results = []
     selected = selection._lowest_selected_all
     monkeypatch.setattr(selection, "_lowest_selected_all", lambda *a: results.append(r := selected(*a)) or r)
