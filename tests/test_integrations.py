@@ -62,7 +62,7 @@ def test_missing_framework_names_the_extra(monkeypatch: pytest.MonkeyPatch, modu
     for name in blocked:
         monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes `import name` fail
     monkeypatch.delitem(sys.modules, f"pytorch_pruner.integrations.{module}", raising=False)
-    with pytest.raises(ImportError, match=re.escape(f"pip install 'pytorch-pruner[{module}]'")):
+    with pytest.raises(ImportError, match=re.escape(f"pip install -c constraints.txt -e '.[{module}]'")):
         importlib.import_module(f"pytorch_pruner.integrations.{module}")
 
 

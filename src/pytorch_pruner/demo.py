@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from . import Pruning, PruningConfig
+from .errors import install_hint
 
 
 def load_digits_tensors(seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -26,7 +27,7 @@ def load_digits_tensors(seed: int = 0) -> tuple[torch.Tensor, ...]:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
     except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise SystemExit("the demo needs scikit-learn: pip install 'pytorch-pruner[demo]'") from err
+        raise SystemExit(f"the demo needs scikit-learn; {install_hint('demo', 'scikit-learn')}") from err
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
     y = torch.tensor(data.target)

@@ -6,7 +6,15 @@ builtin also subclass it, so ``except ValueError`` keeps working for callers tha
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "NoMatchingLayersError", "PatternError", "PruningError", "StateError", "first_names"]
+__all__ = [
+    "ConfigError",
+    "NoMatchingLayersError",
+    "PatternError",
+    "PruningError",
+    "StateError",
+    "first_names",
+    "install_hint",
+]
 
 
 class PruningError(Exception):
@@ -28,6 +36,16 @@ class NoMatchingLayersError(PruningError, LookupError):
 class StateError(PruningError, RuntimeError):
     """A hook or method was called at the wrong point of the lifecycle, or a saved state does
     not fit (another config, another model, a corrupt file)."""
+
+
+def install_hint(extra: str, packages: str) -> str:
+    """How to install what an optional feature needs, for an error message: the *packages*
+    themselves, or pytorch-pruner's *extra* from its checkout (the package is installed from a
+    checkout, with the constraints file that pins torch, not from PyPI)."""
+    return (
+        f"install it with: pip install {packages} (or, in a checkout of pytorch-pruner: "
+        f"pip install -c constraints.txt -e '.[{extra}]')"
+    )
 
 
 def first_names(names: list[str], most: int = 5) -> str:

@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from .checkpoint import check_model_state
-from .errors import StateError
+from .errors import StateError, install_hint
 from .fileio import atomic_write, atomic_write_text
 from .targets import unwrap_model
 
@@ -67,7 +67,6 @@ _OLD_FORMAT = "pytorch-pruner-sparse/1"
 #: File name of the weights inside a folder written by :func:`save_pretrained_sparse`.
 SPARSE_FILE = "model.sparse.safetensors"
 _MASK, _VALUES = ".__mask__", ".__values__"
-_INSTALL = "install it with: pip install 'pytorch-pruner[transformers]'"
 
 
 # -- squash ------------------------------------------------------------------------------------
@@ -164,7 +163,9 @@ def _safetensors() -> Any:
     try:
         import safetensors.torch
     except ImportError:
-        raise ImportError(f"saving sparse models needs the safetensors package; {_INSTALL}") from None
+        raise ImportError(
+            f"saving sparse models needs the safetensors package; {install_hint('transformers', 'safetensors')}"
+        ) from None
     return safetensors
 
 
@@ -408,7 +409,9 @@ def build_transformers_model(folder: str | os.PathLike[str], model_class: Any = 
     try:
         import transformers
     except ImportError:
-        raise ImportError(f"building a transformers model needs transformers; {_INSTALL}") from None
+        raise ImportError(
+            f"building a transformers model needs transformers; {install_hint('transformers', 'transformers')}"
+        ) from None
     config = transformers.AutoConfig.from_pretrained(str(folder))
     if model_class is None:
         archs = getattr(config, "architectures", None) or []

@@ -1,7 +1,8 @@
 """PNG plots: per-layer sparsity of a report, and each pruner's schedule.
 
-matplotlib is an optional extra (``pip install 'pytorch-pruner[plot]'``); it is imported only when
-a plot is drawn, and only its object-oriented API is used (no pyplot, no global backend change).
+matplotlib is an optional extra (``pip install -c constraints.txt -e '.[plot]'`` in a checkout); it
+is imported only when a plot is drawn, and only its object-oriented API is used (no pyplot, no
+global backend change).
 :func:`schedule_points` needs no matplotlib: the CLI prints it as a table.
 """
 
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import load_config
+from .errors import install_hint
 from .fileio import atomic_write
 from .schedules import Schedule
 
@@ -28,7 +30,7 @@ def _figure(width: float, height: float) -> Any:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
     except ImportError:
-        raise ImportError("plots need matplotlib; install it with: pip install 'pytorch-pruner[plot]'") from None
+        raise ImportError(f"plots need matplotlib; {install_hint('plot', 'matplotlib')}") from None
     fig = Figure(figsize=(width, height), dpi=100)
     FigureCanvasAgg(fig)
     return fig

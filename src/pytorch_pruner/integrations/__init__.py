@@ -1,11 +1,11 @@
 """Training-framework integrations: thin callbacks that drive :class:`~pytorch_pruner.Pruning`.
 
 * :mod:`pytorch_pruner.integrations.transformers` — ``PruningCallback`` for 🤗 ``Trainer``
-  (extra ``pytorch-pruner[transformers]``);
+  (extra ``transformers``: ``pip install -c constraints.txt -e '.[transformers]'`` in a checkout);
 * :mod:`pytorch_pruner.integrations.lightning` — ``PruningCallback`` for Lightning's ``Trainer``
-  (extra ``pytorch-pruner[lightning]``);
+  (extra ``lightning``: ``pip install -c constraints.txt -e '.[lightning]'`` in a checkout);
 * :mod:`pytorch_pruner.integrations.peft` — LoRA adapters on a pruned model, merged without
-  losing its zeros (extra ``pytorch-pruner[peft]``).
+  losing its zeros (extra ``peft``: ``pip install -c constraints.txt -e '.[peft]'`` in a checkout).
 
 Importing this package imports neither framework; each submodule imports its own and, when it
 is missing, raises an ``ImportError`` that names the extra to install.
@@ -18,10 +18,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..config import PruningConfig
-from ..errors import StateError
+from ..errors import StateError, install_hint
 from ..pruning import Pruning
 
 __all__ = ["ConfigOrPruning", "as_pruning", "missing_extra", "reused_error"]
+
+#: what each extra installs, for the error that names it
+_PACKAGES = {"transformers": "transformers accelerate", "lightning": "lightning", "peft": "peft"}
 
 #: What a callback accepts: anything :class:`Pruning` takes, or a ready :class:`Pruning`.
 ConfigOrPruning = str | os.PathLike[str] | Mapping[str, Any] | PruningConfig | Pruning
@@ -58,7 +61,7 @@ def missing_extra(what: str, extra: str, err: ImportError) -> ImportError:
     """
     return ImportError(
         f"pytorch_pruner.integrations.{extra} needs {what}, which could not be imported ({err}); "
-        f"install it with: pip install 'pytorch-pruner[{extra}]'"
+        + install_hint(extra, _PACKAGES.get(extra, extra))
     )
 
 
