@@ -59,17 +59,18 @@ _SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
 _DIRECT = 1 << 18  # below this many units no sample: the histograms start from the full range
 _CHUNK = 1 << 18  # elements per pass step: bounds the temporaries (bool masks) to a few MB
 _BAND_SHARE = 1 / 32  # most scores kept between passes, as a share of all (else: rescan)
-#: in one process, the cut found inside the bracket by one torch.kthvalue where no bound is reached in it
+#: in one process, the cut found inside the bracket by one k-th value selection (:func:`_kth_value`)
+#: where no bound is reached in it
 _BAND_SELECT = True
 #: ... for at most this many units inside: above it the histogram rounds are faster and need no copy
-#: (at 1e9 scores the band holds ~8e6: kthvalue made the selection 0.8 s slower and its scratch 3% larger)
+#: (at 1e9 scores the band holds ~8e6: torch.kthvalue made the selection 0.8 s slower, scratch 3% larger)
 _BAND_SELECT_MAX = 1 << 20
-#: one layer of at most this many units, in one process: ranked by torch.kthvalue, not the histograms
+#: one layer of at most this many units, in one process: ranked by a k-th value selection, not the histograms
 _SELECT_ONE = _DIRECT
-#: at most this many units of all layers together, in one process: the cut is first tried as the k-th
-#: value of them all by one torch.kthvalue over their concatenation (a copy of 4 bytes per unit, at most
-#: 16 MiB); the histograms only if some layer reaches its cap or floor at that value. A BERT-mini 4x1
-#: update (786k units, 24 layers) took 15-17 ms through the sample and histograms, in one thread.
+#: at most this many held units of all layers together, in one process: ranked by k-th value selections
+#: over their concatenation (a copy of 4 bytes per unit, at most 16 MiB; see _lowest_selected_all), the
+#: histograms only if those don't settle. A BERT-mini 4x1 update (786k units, 24 layers, 2 threads) took
+#: 15.6-16.1 ms through the sample and histograms, 6.9-7.7 ms so (measured)
 _SELECT_ALL = 1 << 22
 _SELECT_ROUNDS = 6  # candidates tried by that selection before the histograms
 _GUESS_MIN = 1 << 15  # from this many units, the layers held at a bound are first guessed from a sample
@@ -343,7 +344,7 @@ def _settled_in_band(
     """The cut from the units inside the bracket by one selection, when no layer's bound is reached
     inside it (each layer is at its cap or floor all through it, or within its bounds all through
     it): then G inside the bracket is a constant plus the count of the free layers' units at or
-    below a value, and the cut is their ``k - constant``-th smallest value (``torch.kthvalue``, one
+    below a value, and the cut is their ``k - constant``-th smallest value (:func:`_kth_value`, one
     pass, instead of the histogram rounds). Returns the cut's value and the units below it and equal
     to it per layer (as the rounds find them); None when some bound is reached inside."""
     base, free = 0, []
@@ -606,16 +607,27 @@ def _lowest_one(part: Scores, k: int, units: int, comm: Comm) -> torch.Tensor:
 
 def _lowest_selected(part: torch.Tensor, k: int) -> torch.Tensor:
     """:func:`_lowest_one` of one process's small *part* (0 < k < its size): the k-th value by one
-    selection (``torch.kthvalue``), the units below it and its first copies by position. The same
+    selection (:func:`_kth_value`), the units below it and its first copies by position. The same
     mask as the histograms' (ties to the lower index; -0.0 and 0.0 compare equal in both)."""
     if _has_nan(part):
         raise _NaNScores
     value = _kth_value(part, k)
     mask = part < value
-    ties = k - int(torch.count_nonzero(mask))
+    return _with_first_ties(mask, part, value, k - int(torch.count_nonzero(mask)))
+
+
+def _with_first_ties(mask: torch.Tensor, part: torch.Tensor, value: torch.Tensor | float, ties: int) -> torch.Tensor:
+    """*mask* (the units of *part* below *value*) with the first *ties* units equal to it set too."""
     if ties > 0:
         mask[torch.nonzero(part == value).flatten()[:ties]] = True
     return mask
+
+
+def _held_bounds(held: list[int], k: int, lo: list[int], hi: list[int]) -> tuple[list[int], int]:
+    """The free layers (``held`` 0; 1: at its cap, -1: at its floor) and the rank of the cut among
+    their units: *k* less the held layers' bounds."""
+    free = [i for i, h in enumerate(held) if not h]
+    return free, k - sum(hi[i] if h > 0 else lo[i] for i, h in enumerate(held) if h)
 
 
 def _lowest_within(parts: Sequence[Scores], k: int, lo: list[int], hi: list[int], comm: Comm) -> list[torch.Tensor]:
@@ -658,11 +670,10 @@ def _lowest_selected_all(parts: Sequence[Scores], k: int, lo: list[int], hi: lis
     n = len(scores)
     held = _held_guess(scores, k, lo, hi) if n > 1 and joined.numel() >= _GUESS_MIN else [0] * n
     for _ in range(_SELECT_ROUNDS):
-        free = [scores[i] for i in range(n) if not held[i]]
-        rank = k - sum(hi[i] if held[i] > 0 else lo[i] for i in range(n) if held[i])
-        if not free or not 1 <= rank <= sum(t.numel() for t in free):
+        free, rank = _held_bounds(held, k, lo, hi)
+        if not free or not 1 <= rank <= sum(sizes[i] for i in free):
             return None
-        value = _kth_value(joined if len(free) == n else torch.cat(free), rank)
+        value = _kth_value(joined if len(free) == n else torch.cat([scores[i] for i in free]), rank)
         compared = torch.empty(2, joined.numel(), dtype=torch.bool, device=joined.device)
         torch.lt(joined, value, out=compared[0])
         torch.le(joined, value, out=compared[1])
@@ -680,11 +691,7 @@ def _lowest_selected_all(parts: Sequence[Scores], k: int, lo: list[int], hi: lis
             lowers, uppers = compared[0].split(sizes), compared[1].split(sizes)
             for i, (part, lower, upper) in enumerate(zip(scores, lowers, uppers, strict=True)):
                 if below[i] <= chosen[i] <= upto[i]:  # at the cut: the units below it, and its first ties
-                    if take[i] == equal[i]:
-                        mask = upper
-                    else:
-                        mask = lower
-                        mask[torch.nonzero(part == value).flatten()[: take[i]]] = True
+                    mask = upper if take[i] == equal[i] else _with_first_ties(lower, part, value, take[i])
                 else:  # held at a bound away from the cut: its own lowest units
                     mask = _lowest_one(part, chosen[i], part.numel(), _LOCAL)
                 masks.append(mask)
@@ -703,8 +710,7 @@ def _held_guess(scores: list[torch.Tensor], k: int, lo: list[int], hi: list[int]
     everything = torch.cat(sample)
     held = [0] * len(scores)
     for _ in range(_SELECT_ROUNDS):
-        free = [i for i, h in enumerate(held) if not h]
-        rank = k - sum(hi[i] if h > 0 else lo[i] for i, h in enumerate(held) if h)
+        free, rank = _held_bounds(held, k, lo, hi)
         units = sum(scores[i].numel() for i in free)
         if not free or not 1 <= rank <= units:
             break
