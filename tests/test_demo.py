@@ -15,3 +15,14 @@ def test_demo_prunes_a_real_model_on_real_data_and_keeps_accuracy(capsys) -> Non
     assert result["sparse_accuracy"] > result["dense_accuracy"] - 0.05
     out = capsys.readouterr().out
     assert "fc1" in out and "conv2" in out and "test accuracy" in out
+
+
+def test_demo_without_scikit_learn_says_how_to_install_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    from pytorch_pruner.demo import load_digits_tensors
+
+    for name in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes `import name` fail
+    with pytest.raises(SystemExit, match=r"the demo needs scikit-learn; install it with: pip install scikit-learn "):
+        load_digits_tensors()

@@ -13,6 +13,7 @@ from pytorch_pruner import Pruning, StateError, loads_config, prune_
 from pytorch_pruner.export import (
     SPARSE_FILE,
     SPARSE_FORMAT,
+    build_transformers_model,
     load_pretrained_sparse,
     load_sparse,
     pack_bits,
@@ -343,3 +344,30 @@ def test_sparse_round_trip_of_a_cuda_model(tmp_path: Path) -> None:
     for key, value in model.state_dict().items():
         assert torch.equal(value, fresh.state_dict()[key]), key
     assert all(torch.equal(info.masks[f"{n}.weight"], m.cpu()) for n, m in pruning.masks().items())
+
+
+@pytest.mark.parametrize(
+    ("blocked", "call", "match"),
+    [
+        (
+            ["safetensors", "safetensors.torch"],
+            lambda tmp: save_sparse(tmp / "m.safetensors", nn.Linear(2, 2), Pruning({"prune_type": "magnitude"})),
+            r"saving sparse models needs the safetensors package; install it with: pip install safetensors "
+            r"\(or, in a checkout of pytorch-pruner: pip install -c constraints.txt -e '\.\[transformers\]'\)",
+        ),
+        (
+            ["transformers"],
+            build_transformers_model,
+            r"building a transformers model needs transformers; install it with: pip install transformers ",
+        ),
+    ],
+)
+def test_missing_optional_packages_say_how_to_install_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, blocked: list[str], call: object, match: str
+) -> None:
+    import sys
+
+    for name in blocked:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules makes `import name` fail
+    with pytest.raises(ImportError, match=match):
+        call(tmp_path)  # type: ignore[operator]

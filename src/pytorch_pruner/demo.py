@@ -26,7 +26,7 @@ def load_digits_tensors(seed: int = 0) -> tuple[torch.Tensor, ...]:
     try:
         from sklearn.datasets import load_digits
         from sklearn.model_selection import train_test_split
-    except ImportError as err:  # pragma: no cover - exercised only without the extra
+    except ImportError as err:
         raise SystemExit(f"the demo needs scikit-learn; {install_hint('demo', 'scikit-learn')}") from err
     data = load_digits()
     x = torch.tensor(data.images, dtype=torch.float32).unsqueeze(1) / 16.0
