@@ -83,11 +83,13 @@ def _config(prune_type: str, pattern: str) -> dict:
     }
 
 
-def _step(model, pruning, optimizer, x, poison: bool = False) -> None:
+def _step(model, pruning, optimizer, x, poison: bool = False, unused: bool = False) -> None:
     pruning.on_step_begin()
     model(x).pow(2).mean().backward()
     if poison:  # an AMP overflow step
         next(p for p in model.parameters() if p.dim() > 1).grad.view(-1)[3] = float("inf")
+    if unused:  # a layer that took no part in this step's forward (no gradient)
+        [p for p in model.parameters() if p.dim() > 1][1].grad = None
     pruning.on_before_optimizer_step()
     if not poison:  # GradScaler skips the update of an overflow step
         optimizer.step()
@@ -109,10 +111,10 @@ def test_fused_hooks_are_bit_identical_to_the_unfused_reference(prune_type: str,
     unfused.on_train_begin(reference)
     opt_a = torch.optim.AdamW(model.parameters(), lr=0.05, weight_decay=0.1)
     opt_b = torch.optim.AdamW(reference.parameters(), lr=0.05, weight_decay=0.1)
-    for step in range(9):  # pruning steps 1, 3, 5, 7; an overflow step at 4
+    for step in range(9):  # pruning steps 1, 3, 5, 7; an overflow step at 4, a layer unused at 6
         x = torch.randn(8, 32) if net == "mlp" else torch.randn(2, 4, 6, 6)
-        _step(model, fused, opt_a, x, poison=step == 4)
-        _step(reference, unfused, opt_b, x, poison=step == 4)
+        _step(model, fused, opt_a, x, poison=step == 4, unused=step == 6)
+        _step(reference, unfused, opt_b, x, poison=step == 4, unused=step == 6)
         for a, b in zip(fused.pruners, unfused.pruners, strict=True):
             assert all(torch.equal(x.keep, y.keep) for x, y in zip(a.layers, b.layers, strict=True))
             for x, y in zip(a.criterion.scores(), b.criterion.scores(), strict=True):
@@ -122,6 +124,8 @@ def test_fused_hooks_are_bit_identical_to_the_unfused_reference(prune_type: str,
             assert torch.equal(x, y), (step, name)
     sparsity = fused.get_sparsity_ratio().blockwise_over_matmul_gemm_conv
     assert sparsity > 0.4
+    if prune_type == "snip_momentum" and net == "mlp" and pattern == "4x1":  # all layers' scores as one tensor
+        assert fused.pruners[0].criterion._flat is not None
 
 
 class _HostSync(AssertionError):

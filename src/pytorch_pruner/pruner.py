@@ -117,6 +117,8 @@ class Pruner:
         #: the sparsity the masks were last computed for
         self.current_sparsity = 0.0
         self._masked = False  # whether any mask has a False: until then applying is a no-op
+        #: per layer, what apply_masks multiplies (see _mask_views); made again when anything moved
+        self._views: list[_MaskViews | None] = [None] * len(self.layers)
         if self.criterion.fixed_mask:
             self._lock()
 
@@ -204,16 +206,21 @@ class Pruner:
         The weight's bits, read as integers, are multiplied by the bool mask viewed as uint8 (no
         copy): a kept weight keeps its exact bits, a pruned one becomes +0.0 even if it held NaN
         or inf (a float multiply leaves NaN * 0 = NaN), at the speed of the float multiply (2-3x
-        faster than ``torch.where`` or ``masked_fill_`` on CPU, measured).
+        faster than ``torch.where`` or ``masked_fill_`` on CPU, measured). The views are made once
+        and used while the layer holds the same weight, storage and mask (a few identity checks
+        per layer, against five view calls).
         """
         if not self._masked:
             return
-        for layer in self.layers:
-            weight = _as_int(layer.target.weight.detach())
-            if layer._full is not None:
-                weight.mul_(layer._full.view(torch.uint8))
-            else:
-                self.pattern.view(weight.view(layer.target.shape2d)).mul_(layer.keep.view(torch.uint8))
+        views = self._views
+        if len(views) != len(self.layers):
+            views = self._views = [None] * len(self.layers)
+        for i, layer in enumerate(self.layers):
+            weight = layer.target.weight
+            v = views[i]
+            if v is None or not v.current(weight, layer):
+                v = views[i] = _MaskViews.of(weight, layer, self.pattern)
+            v.target.mul_(v.mask)
 
     # -- pruning steps ---------------------------------------------------------------------
     @torch.no_grad()
@@ -300,6 +307,7 @@ class Pruner:
     def refresh_masks(self) -> None:
         """Rebuild what the hot path uses from the masks of record (after they changed)."""
         self._masked = any(not bool(layer.keep.all()) for layer in self.layers)
+        self._views = [None] * len(self.layers)
         for layer in self.layers:
             layer.synced = None
             if layer.target.direct:
@@ -441,6 +449,41 @@ class Pruner:
         self.current_sparsity = float(state["current_sparsity"])
         self.refresh_masks()
         self.apply_masks()
+
+
+@dataclass(eq=False)
+class _MaskViews:
+    """What :meth:`Pruner.apply_masks` multiplies for one layer, and what it was made from."""
+
+    weight: torch.Tensor
+    ptr: int
+    shape: torch.Size
+    dtype: torch.dtype
+    keep: torch.Tensor
+    full: torch.Tensor | None
+    target: torch.Tensor  # the weight's bits as integers, in the pattern's view
+    mask: torch.Tensor  # the bool mask as uint8, broadcasting over ``target``
+
+    @classmethod
+    def of(cls, weight: torch.Tensor, layer: MaskedLayer, pattern: Pattern) -> _MaskViews:
+        bits = _as_int(weight.detach())
+        if layer._full is not None:
+            target, mask = bits, layer._full.view(torch.uint8)
+        else:
+            target, mask = pattern.view(bits.view(layer.target.shape2d)), layer.keep.view(torch.uint8)
+        return cls(weight, weight.data_ptr(), weight.shape, weight.dtype, layer.keep, layer._full, target, mask)
+
+    def current(self, weight: torch.Tensor, layer: MaskedLayer) -> bool:
+        """Whether the views still alias *weight* (the same tensor, storage, shape and dtype: ``.data``
+        can be reassigned in place) and *layer*'s masks."""
+        return (
+            weight is self.weight
+            and layer.keep is self.keep
+            and layer._full is self.full
+            and weight.data_ptr() == self.ptr
+            and weight.dtype == self.dtype
+            and weight.shape == self.shape
+        )
 
 
 def _units_of(pattern: Pattern, make: Callable[[], torch.Tensor]) -> torch.Tensor:

@@ -121,7 +121,7 @@ def finite_flag(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
         by_device.setdefault(t.device, []).append(t.sum(dtype=torch.float32))
-    flags = [torch.isfinite(torch.stack(sums)).all() for sums in by_device.values()]
+    flags = [torch.isfinite(sums[0] if len(sums) == 1 else torch.stack(sums)).all() for sums in by_device.values()]
     if len(flags) == 1:
         return flags[0]
     first = flags[0].device
