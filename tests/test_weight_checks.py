@@ -264,6 +264,22 @@ def test_masks_and_scores_follow_a_replaced_weight() -> None:
     assert pruning.pruners[0].criterion.slots[0].weight is model.fc1.weight
 
 
+@pytest.mark.parametrize("pattern", ["1x1", "4x1"])
+def test_masks_reach_a_weight_whose_data_was_replaced_in_place(pattern: str) -> None:
+    """``param.data = ...`` keeps the Parameter object but not its storage: the masks must zero the new storage."""
+    model = make_mlp()
+    pruning = Pruning({"prune_type": "snip_momentum", **GRADUAL, "pattern": pattern})
+    pruning.on_train_begin(model)
+    train(model, pruning)
+    keep = pruning.masks()["fc1"]
+    for new in (torch.randn(64, 32), torch.randn(64, 32).to(torch.float64)):
+        model.fc1.weight.data = new
+        model.fc1.weight.grad = None
+        pruning.on_after_optimizer_step()
+        assert model.fc1.weight.data_ptr() == new.data_ptr()
+        assert (model.fc1.weight[~keep] == 0).all() and (model.fc1.weight[keep] != 0).all()
+
+
 @pytest.mark.gpu
 def test_masks_and_scores_follow_the_model_to_cuda() -> None:
     model = make_mlp()
