@@ -15,9 +15,11 @@ The per-step work, per layer while its data is in cache: ``|W*G|`` into one floa
 conv layers), then ``S <- step + decay * S`` fused in one add and kept only if the step's flag is
 True (one select), so no host sync. Where blocks hold several weights the block means of all
 layers are staged first and the finiteness flag is taken from them (a quarter of a gradient's
-size for 4x1, already in cache); where scores are per element (1x1, N:M) staging them all would
-double the memory, so the flag is taken from the gradients instead and each layer is scored at
-commit. Nothing is ranked or sorted here.
+size for 4x1, already in cache); there the scores and the staged steps of all layers are slices
+of two flat tensors, so the flag is one sum and the update one add and one select for all layers.
+Where scores are per element (1x1, N:M) staging them all would double the memory, so the flag is
+taken from the gradients instead and each layer is scored at commit. Nothing is ranked or sorted
+here.
 """
 
 from __future__ import annotations
