@@ -92,10 +92,15 @@ def test_nan_scores_do_not_break_the_ranking() -> None:
     assert chosen.tolist() == [False, True, True, False]
 
 
+@pytest.mark.parametrize("numpy_scan", [True, False])
 @pytest.mark.parametrize("domain", ["global", "local"])
-def test_nan_scores_found_by_the_scan_rank_lowest_on_large_inputs(domain: str) -> None:
+def test_nan_scores_found_by_the_scan_rank_lowest_on_large_inputs(
+    domain: str, numpy_scan: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Above the direct size the NaN check rides on the scan (no pass of its own): the result must
-    be that of the scores with NaN as -1, also when the NaN sit below, inside and above the cut."""
+    be that of the scores with NaN as -1, also when the NaN sit below, inside and above the cut;
+    with the scan run by numpy or by torch ops."""
+    scans = _scan_by(numpy_scan, monkeypatch)
     g = torch.Generator().manual_seed(3)
     a, b = torch.rand(300_000, generator=g), torch.rand(200_000, generator=g)
     a[[5, 70_000, 299_999]] = float("nan")
@@ -107,6 +112,7 @@ def test_nan_scores_found_by_the_scan_rank_lowest_on_large_inputs(domain: str) -
     assert got[0][[5, 70_000, 299_999]].all() and got[1][[0, 123_456]].all()
     assert torch.equal(lowest_k(a, 1000), lowest_k(torch.nan_to_num(a, nan=-1.0), 1000))
     assert lowest_k(a, 3)[[5, 70_000, 299_999]].all()
+    assert bool(scans) == numpy_scan
 
 
 def test_unknown_domain() -> None:
@@ -237,12 +243,30 @@ def test_masks_completed_from_the_bracketing_pass_equal_the_full_range_path(monk
         assert [m.tolist() for m in select(layers, s, domain)] == expected, (s, domain)
 
 
-@pytest.mark.parametrize("path", ["direct", "sampled", "kept"])
-def test_global_selection_with_random_caps_and_floors_matches_brute_force(
-    path: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def _scan_by(numpy_scan: bool, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the passes over the scores (the scans that count and keep the units around the cut, and
+    the masks' comparisons) run by numpy, counting them in the returned list, or by torch ops."""
     from pytorch_pruner import selection
 
+    if not numpy_scan:
+        monkeypatch.setattr(selection, "_as_numpy", lambda part: None)
+        return []
+    calls: list[int] = []
+    as_numpy = selection._as_numpy
+    monkeypatch.setattr(selection, "_as_numpy", lambda part: calls.append(part.numel()) or as_numpy(part))
+    return calls
+
+
+@pytest.mark.parametrize("numpy_scan", [True, False])
+@pytest.mark.parametrize("path", ["direct", "sampled", "kept"])
+def test_global_selection_with_random_caps_and_floors_matches_brute_force(
+    path: str, numpy_scan: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The brute-force walk's masks, by every path of the selection, with the passes over the scores
+    run by numpy and by torch ops."""
+    from pytorch_pruner import selection
+
+    scans = _scan_by(numpy_scan, monkeypatch)
     if path != "direct":  # the large-input machinery on small inputs: sample, chunks, misses, and
         # "sampled": rescans of whole parts each round; "kept": the units inside the bracket kept,
         # and the masks completed from the bracketing pass
@@ -262,6 +286,7 @@ def test_global_selection_with_random_caps_and_floors_matches_brute_force(
         k = math.floor(s * sum(layer.numel for layer in layers) + 1e-6) // layers[0].unit_elements
         if sum(lo) <= k:  # reachable: the total is the target, clipped by the caps
             assert sum(want_counts) == min(k, sum(hi))
+    assert bool(scans) == numpy_scan
 
 
 def test_small_layers_ranked_by_kthvalue_equal_the_histogram_path(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -398,3 +423,45 @@ def test_all_units_ranked_by_kth_values_equal_the_histograms(
     monkeypatch.setattr(selection, "_SELECT_ALL", 0)
     for (layers, s), want in zip(cases, fast, strict=True):
         assert [m.tolist() for m in select(layers, s)] == want, s
+
+
+@pytest.mark.parametrize("masks", [True, False])
+def test_scans_by_numpy_and_by_torch_return_the_same_counts_values_positions_and_masks(
+    masks: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scan's results are all the cut and the masks are made from; numpy's comparisons must give
+    exactly torch's: on scores with many ties (at the bracket's ends too), -0.0 and 0.0, infinities
+    and NaN (counted in neither; the NaN flag raised), over chunks that split the layers unevenly."""
+    from pytorch_pruner import selection
+
+    monkeypatch.setattr(selection, "_CHUNK", 61)
+    g = torch.Generator().manual_seed(5)
+    parts = [torch.randint(-6, 7, (n,), generator=g).float() / 4 for n in (1, 60, 61, 500, 1337)]
+    parts[3][::17] = -0.0
+    parts[4][[3, 400, 1200]] = torch.tensor([float("inf"), float("-inf"), float("nan")])
+    parts[2][7] = float("nan")
+    keys = sorted({int(k) for k in selection._key(torch.cat(parts)[torch.cat(parts) == torch.cat(parts)])})
+    numpy_passes: list[int] = []
+    as_numpy = selection._as_numpy
+
+    def counted(part: torch.Tensor):
+        numpy_passes.append(part.numel())
+        return as_numpy(part)
+
+    for lo, hi in [(keys[0], keys[-1]), (keys[3], keys[3]), (keys[2], keys[8]), (keys[5], keys[-2]), (-1, 0)]:
+        scans = []
+        for numpy_scan in (True, False):
+            monkeypatch.setattr(selection, "_as_numpy", counted if numpy_scan else lambda p: None)
+            scans.append(selection._scan(parts, lo, hi, limit=10**6, masks=masks))
+        (stats_np, band_np), (stats_pt, band_pt) = scans
+        assert torch.equal(stats_np, stats_pt), (lo, hi)
+        assert stats_np[2].tolist() == [0, 0, 1, 0, 1]
+        for a, b in zip(band_np, band_pt, strict=True):
+            assert a.whole == b.whole == ((lo, hi) == (keys[0], keys[-1]))  # -inf..inf: no pass at all
+            if a.whole:
+                continue
+            assert torch.equal(a.values, b.values)  # NaN excluded from both: equal compares them
+            if masks:
+                assert torch.equal(a.positions, b.positions) and a.positions.dtype == b.positions.dtype
+                assert torch.equal(a.below, b.below)
+    assert numpy_passes
