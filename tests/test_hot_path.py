@@ -290,3 +290,34 @@ def test_per_step_hooks_never_sync_on_cuda(pattern: str) -> None:
         optimizer.zero_grad()
     for layer in pruning.pruners[0].layers:
         assert (layer.target.weight[~pruning.pruners[0].full_mask(layer)] == 0).all()
+
+
+def test_scores_laid_out_flat_again_after_the_weights_are_replaced() -> None:
+    """``load_state_dict(assign=True)`` gives every layer a new weight tensor mid-training: the
+    criterion follows it and lays its scores out as one tensor again, and training goes on exactly
+    as if the same values had stayed in the old tensors."""
+    runs = []
+    for replace in (False, True):
+        torch.manual_seed(0)
+        model = make_mlp()
+        pruning = Pruning(_config("snip_momentum", "4x1"))
+        pruning.on_train_begin(model)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        for step in range(8):
+            if replace and step == 3:
+                model.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+                optimizer = torch.optim.SGD(model.parameters(), lr=0.05)  # plain SGD: no state to carry
+            _step(model, pruning, optimizer, torch.randn(8, 32))
+        crit = pruning.pruners[0].criterion
+        flat, _ = crit._flat  # each layer's scores a slice of it
+        parts = flat.split([s.numel() for s in crit.scores()])
+        assert [s.data_ptr() for s in crit.scores()] == [p.data_ptr() for p in parts]
+        runs.append((model, pruning))
+    (a, pa), (b, pb) = runs
+    assert pb.pruners[0].criterion.slots[0].weight is b[0].weight
+    assert all(
+        torch.equal(x, y)
+        for x, y in zip(pa.pruners[0].criterion.scores(), pb.pruners[0].criterion.scores(), strict=True)
+    )
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
+    assert pa.report().block_sparsity == pb.report().block_sparsity > 0.4

@@ -74,9 +74,8 @@ class _GradientCriterion(Criterion):
         devices = {t.device for t in self._scores}
         if len(devices) != 1 or any(t.is_meta for t in self._scores) or any(s.score_view for s in self.slots):
             return None
-        (device,) = devices
         sizes = [t.numel() for t in self._scores]
-        scores = torch.cat([t.reshape(-1) for t in self._scores]) if self._scores else torch.zeros(0, device=device)
+        scores = torch.cat([t.reshape(-1) for t in self._scores])
         steps = torch.empty_like(scores)
         self._scores = [part.view(t.shape) for part, t in zip(scores.split(sizes), self._scores, strict=True)]
         self._buffers = list(steps.split(sizes))
