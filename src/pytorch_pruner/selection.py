@@ -42,9 +42,12 @@ counts are small.
 from __future__ import annotations
 
 import math
+import os
 import struct
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 
@@ -57,6 +60,7 @@ __all__ = ["DOMAINS", "EPS", "Comm", "LayerUnits", "LazyScores", "kth_smallest",
 
 #: slack for float error when a fraction of a count is rounded
 EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
+_T = TypeVar("_T")
 _EPS = EPS  # the former name
 _SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
 _DIRECT = 1 << 18  # below this many units no sample: the histograms start from the full range
@@ -522,32 +526,53 @@ def _scan_numpy(
     """:func:`_scan_torch` by numpy on the same memory (CPU): the same comparisons of the same float32
     numbers, so the same counts, values and masks. numpy's SIMD comparisons, counts and ``flatnonzero``
     make the pass 2-2.5 times faster than torch's on this kind of CPU (a chunked pass over 2^26 scores,
-    one thread: 115 against 270 ms, measured; torch's float-to-bool comparison alone took 110 ms)."""
+    one thread: 115 against 270 ms, measured; torch's float-to-bool comparison alone took 110 ms).
+    numpy runs each call on one thread, so the chunks are spread over torch's intra-op thread count
+    (numpy releases the GIL in these calls)."""
     np = _numpy
     scores = _as_numpy(part)
-    low = lower.numpy()
-    n = scores.size
-    upper = np.empty(min(n, _CHUNK), dtype=np.bool_)
+    low = lower.numpy() if masks else None
     lo32, hi32 = np.float32(vlo), np.float32(vhi)
     to = np.int32 if index == torch.int32 else np.int64
-    below, total = 0, 0.0
-    values: list[torch.Tensor] = []
-    positions: list[torch.Tensor] = []
-    for start in range(0, n, _CHUNK):
+
+    def chunk_pass(start: int) -> tuple[int, float, torch.Tensor, torch.Tensor | None]:
         chunk = scores[start : start + _CHUNK]
         m = chunk.size
-        lt = low[start : start + m] if masks else low[:m]
-        le = upper[:m]
+        lt = low[start : start + m] if low is not None else np.empty(m, dtype=np.bool_)
+        le = np.empty(m, dtype=np.bool_)
         np.less(chunk, lo32, out=lt)
-        total += float(np.add.reduce(chunk))
-        below += int(np.count_nonzero(lt))
+        total = float(np.add.reduce(chunk))
+        below = int(np.count_nonzero(lt))
         np.less_equal(chunk, hi32, out=le)
         np.logical_xor(le, lt, out=le)
         where = np.flatnonzero(le)
-        values.append(torch.from_numpy(chunk[where]))
-        if masks:
-            positions.append(torch.from_numpy((where + start).astype(to, copy=False)))
-    return below, values, positions, total
+        position = torch.from_numpy((where + start).astype(to, copy=False)) if masks else None
+        return below, total, torch.from_numpy(chunk[where]), position
+
+    done = _in_threads(chunk_pass, range(0, scores.size, _CHUNK))
+    values = [v for _, _, v, _ in done]
+    positions = [p for _, _, _, p in done if p is not None]
+    return sum(b for b, _, _, _ in done), values, positions, sum(t for _, t, _, _ in done)  # NaN if one is
+
+
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}  # (process id, threads) -> pool; at most one
+
+
+def _in_threads(run: Callable[[int], _T], starts: range) -> list[_T]:
+    """``[run(s) for s in starts]``, spread over ``torch.get_num_threads()`` threads when there are
+    several chunks (a pool made once per process and thread count; a forked child makes its own)."""
+    threads = torch.get_num_threads()
+    if threads <= 1 or len(starts) < 4:
+        return [run(s) for s in starts]
+    key = (os.getpid(), threads)
+    pool = _POOLS.get(key)
+    if pool is None:
+        for (pid, _), old in _POOLS.items():
+            if pid == key[0]:
+                old.shutdown(wait=False)
+        _POOLS.clear()
+        pool = _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="pytorch-pruner-select")
+    return list(pool.map(run, starts))
 
 
 def _as_numpy(part: torch.Tensor):  # -> numpy.ndarray | None
@@ -592,10 +617,12 @@ def _keys_in(kept: _Kept, klo: int, khi: int) -> Iterator[torch.Tensor]:
 def _mask_below(part: Scores, value: float, ties: int, all_ties: bool) -> torch.Tensor:
     """Units below *value*, and the first *ties* of those equal to it (*all_ties*: every one)."""
     part = _get(part)
-    mask = torch.empty(part.numel(), dtype=torch.bool, device=part.device)
+    n = part.numel()
+    mask = torch.empty(n, dtype=torch.bool, device=part.device)
     scores = _as_numpy(part)
     if scores is not None:  # numpy's comparison: the same result, 2-4 times faster (see _scan_numpy)
-        (_numpy.less_equal if all_ties else _numpy.less)(scores, _numpy.float32(value), out=mask.numpy())
+        compare_np, bound, out = (_numpy.less_equal if all_ties else _numpy.less), _numpy.float32(value), mask.numpy()
+        _in_threads(lambda s: compare_np(scores[s : s + _CHUNK], bound, out=out[s : s + _CHUNK]), range(0, n, _CHUNK))
     else:
         compare = torch.le if all_ties else torch.lt
         for start in range(0, part.numel(), _CHUNK):
