@@ -1,5 +1,6 @@
 import math
 import struct
+import threading
 
 import pytest
 import torch
@@ -425,13 +426,23 @@ def test_all_units_ranked_by_kth_values_equal_the_histograms(
         assert [m.tolist() for m in select(layers, s)] == want, s
 
 
+@pytest.fixture
+def threads(request: pytest.FixtureRequest):
+    before = torch.get_num_threads()
+    torch.set_num_threads(request.param)
+    yield request.param
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 3], indirect=True)
 @pytest.mark.parametrize("masks", [True, False])
 def test_scans_by_numpy_and_by_torch_return_the_same_counts_values_positions_and_masks(
-    masks: bool, monkeypatch: pytest.MonkeyPatch
+    masks: bool, threads: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A scan's results are all the cut and the masks are made from; numpy's comparisons must give
     exactly torch's: on scores with many ties (at the bracket's ends too), -0.0 and 0.0, infinities
-    and NaN (counted in neither; the NaN flag raised), over chunks that split the layers unevenly."""
+    and NaN (counted in neither; the NaN flag raised), over chunks that split the layers unevenly,
+    one chunk after the other or spread over threads."""
     from pytorch_pruner import selection
 
     monkeypatch.setattr(selection, "_CHUNK", 61)
@@ -443,6 +454,18 @@ def test_scans_by_numpy_and_by_torch_return_the_same_counts_values_positions_and
     keys = sorted({int(k) for k in selection._key(torch.cat(parts)[torch.cat(parts) == torch.cat(parts)])})
     numpy_passes: list[int] = []
     as_numpy = selection._as_numpy
+    comparing: set[str] = set()  # the threads numpy compared on
+    real_numpy = selection._numpy
+
+    class Spy:
+        def __getattr__(self, name: str):
+            return getattr(real_numpy, name)
+
+        def less(self, *args, **kwargs):
+            comparing.add(threading.current_thread().name)
+            return real_numpy.less(*args, **kwargs)
+
+    monkeypatch.setattr(selection, "_numpy", Spy())
 
     def counted(part: torch.Tensor):
         numpy_passes.append(part.numel())
@@ -465,3 +488,4 @@ def test_scans_by_numpy_and_by_torch_return_the_same_counts_values_positions_and
                 assert torch.equal(a.positions, b.positions) and a.positions.dtype == b.positions.dtype
                 assert torch.equal(a.below, b.below)
     assert numpy_passes
+    assert any(name.startswith("pytorch-pruner-select") for name in comparing) == (threads > 1)
