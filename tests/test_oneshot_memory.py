@@ -106,8 +106,8 @@ def test_sub_batches_give_the_masks_of_whole_batches(family: str, prune_type: st
     stop()
     # after the capture: 2 rows per call, 3 calls per batch, in each pass: wanda's statistics, the
     # outputs; sparsegpt: a one-row call finding its Hessian groups, then two statistics passes (the
-    # largest Hessian's, the others'), the outputs
-    stats = [2] * 2 * 3 if prune_type == "wanda" else [1] + [2] * 2 * 2 * 3
+    # largest Hessian's, running each sub-batch as two halves of one row; the others'), the outputs
+    stats = [2] * 2 * 3 if prune_type == "wanda" else [1] + [1] * 2 * 3 * 2 + [2] * 2 * 3
     assert [t.shape[0] for t in seen] == [ROWS] * 2 + stats + [2] * 2 * 3
     prune_oneshot_(whole, _cfg(prune_type), batches, progress=False, sub_batch_tokens=None)
     pruned = 0
@@ -380,6 +380,57 @@ def test_captured_calls_hold_repeated_side_inputs_once() -> None:
     assert not torch.equal(cos[2], cos[0])
     hidden = [kwargs["hidden_states"] if "hidden_states" in kwargs else args[0] for args, kwargs in calls]
     assert len({h.data_ptr() for h in hidden}) == 3  # the hidden states: each its own copy
+
+
+class _SequenceFirst(nn.Module):
+    """A block whose class is in transformers' namespace (so its batches are cut into sub-batches
+    of rows) and whose second layer reads a sequence-first tensor, [tokens, rows, features]."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(8, 16), nn.Linear(16, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(x)).transpose(0, 1)).transpose(0, 1)
+
+
+_SequenceFirst.__module__ = "transformers.models.test_only"
+
+
+def test_sparsegpt_largest_hessian_pass_runs_halves_and_falls_back_to_whole_sub_batches() -> None:
+    """The pass of the largest Hessian (issue #11's peak: that Hessian + the block's activations)
+    runs each sub-batch as two halves and gathers the layer inputs of the rows before updating the
+    Hessian; the other pass runs whole sub-batches. A layer input that can't be gathered by rows
+    (sequence-first) sends the sub-batch, and the rest of the pass, back to whole calls. Either
+    way, bitwise the weights of one statistics pass."""
+    torch.manual_seed(0)
+    model = _Stack(_SequenceFirst)
+    single = copy.deepcopy(model)
+    batches = [{"x": torch.randn(4, 5, 8)} for _ in range(2)]
+    config = _cfg("sparsegpt", names=[r"layers\.\d+\."])
+    rows: list[int] = []
+    model.layers[0].register_forward_pre_hook(lambda _, args: rows.append(args[0].shape[0]))
+    updates: list[tuple[int, int]] = []
+    update = HessianStats.update_
+
+    def counted(self: HessianStats, flat: torch.Tensor) -> None:
+        updates.append((self.features, flat.shape[0]))
+        update(self, flat)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HessianStats, "update_", counted)
+        prune_oneshot_(model, config, batches, progress=False, sub_batch_tokens=2 * 5)
+    # capture (2 batches), the one-row forward finding the groups; down's pass: the first sub-batch's
+    # halves can't give down's input, it runs again whole, as do the others; up's pass and the outputs
+    assert rows == [4, 4, 1] + [1, 1, 2] + [2] * 3 + [2] * 4 + [2] * 4
+    # the Hessians are updated once per sub-batch of 2 x 5 tokens, whatever the calls
+    assert updates[: 4 * 2] == [(16, 10)] * 4 + [(8, 10)] * 4
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(oneshot_api, "_ONE_GROUP_AT_A_TIME", False)
+        prune_oneshot_(single, config, batches, progress=False, sub_batch_tokens=2 * 5)
+    for (name, ours), theirs in zip(model.named_parameters(), single.parameters(), strict=True):
+        assert torch.equal(ours, theirs), name
+    assert int((model.layers[1].down.weight == 0).sum()) == 64
 
 
 class _Forgiving(nn.Module):

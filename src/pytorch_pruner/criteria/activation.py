@@ -179,24 +179,32 @@ class _InputCriterion(Criterion):
         def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
             if not args or not isinstance(args[0], torch.Tensor) or not (module.training or self.count_eval):
                 return
-            x = args[0]
-            if self.share_inputs:
-                last = self._last
-                if last is not None and last[0]() is x and last[1] != index:
-                    owner = self.stats[last[1]]
-                    if self.stats[index] is owner:
-                        return  # already counted through the layer that shares it
-                    if int(self.stats[index].count) == 0 and self.repeats[index] == self.repeats[last[1]]:
-                        self.stats[index] = owner  # same input tensor: one Hessian for both
-                        return
-                self._last = (weakref.ref(x), index)
-            stats = self.stats[index]
-            cols = int(module.weight.numel() // module.weight.shape[0])
-            flat, _ = _features(module, x, cols)
-            with torch.no_grad():
-                stats.update_(flat.to(stats.count.device))
+            self.observe_(index, args[0])
 
         return hook
+
+    def observe_(self, index: int, x: torch.Tensor) -> None:
+        """Add *x*, an input of the layer of slot *index*, to that layer's statistics: what the
+        forward pre-hook does with each input (one-shot passes also call it with inputs they gathered).
+        With :attr:`share_inputs`, the very tensor given to the layers before it (q/k/v, gate/up)
+        is counted once, in the statistics those layers then share."""
+        if self.share_inputs:
+            last = self._last
+            if last is not None and last[0]() is x and last[1] != index:
+                owner = self.stats[last[1]]
+                if self.stats[index] is owner:
+                    return  # already counted through the layer that shares it
+                if int(self.stats[index].count) == 0 and self.repeats[index] == self.repeats[last[1]]:
+                    self.stats[index] = owner  # same input tensor: one Hessian for both
+                    return
+            self._last = (weakref.ref(x), index)
+        module = self.slots[index].module
+        assert module is not None  # checked in __init__
+        stats = self.stats[index]
+        cols = int(module.weight.numel() // module.weight.shape[0])
+        flat, _ = _features(module, x, cols)
+        with torch.no_grad():
+            stats.update_(flat.to(stats.count.device))
 
     def tokens(self) -> list[int]:
         return [int(s.count) for s in self.stats]

@@ -29,6 +29,7 @@ from .blocks import (
     check_batch,
     find_blocks,
     hidden_of,
+    rows_of,
     run_batch,
     sub_batch_rows,
     sub_batches,
@@ -404,8 +405,10 @@ def prune_oneshot_(
     pruned in the reverse order of the block's forward, each from its own pass over the data that
     stops the forward once the group has seen its input; the masks and weights are those of one
     pass over the unpruned block (a layer's input depends only on the layers before it), with
-    one group's Hessian alive instead of all of them. ``magnitude`` needs no data: when no
-    pruner needs it (and no OWL), the batches are only checked and counted, never run. With
+    one group's Hessian alive instead of all of them; the largest one's pass runs each sub-batch
+    as two halves and gathers its layer input of the whole sub-batch before each update (the same
+    update), so that Hessian sits next to half a sub-batch's activations. ``magnitude`` needs no
+    data: when no pruner needs it (and no OWL), the batches are only checked and counted, never run. With
     ``owl: true`` a dense pass first gives each block its own sparsity (OWL), with the target as
     the weighted mean (that pass holds a second copy of the block-boundary hidden states).
 
@@ -616,8 +619,12 @@ def _prune_block(
             groups = _hessian_groups(block, readers, inputs, None if blocks.whole else 1)
             plan = None if groups is None else _passes(groups)
         if plan is not None:
+            largest = max(sum(_hessian_bytes(g) for g in groups) for groups in plan)
             for groups in plan:
-                _sparsegpt_pass(block, groups, inputs, run_tokens, blocks.names[b], backups, keep_backup)
+                halves = (
+                    sum(_hessian_bytes(g) for g in groups) == largest
+                )  # the passes at the peak: see _sparsegpt_pass
+                _sparsegpt_pass(block, groups, inputs, run_tokens, blocks.names[b], backups, keep_backup, halves)
             for p in readers:
                 _sparsegpt_done(p)
         elif readers:
@@ -737,6 +744,14 @@ def _passes(groups: list[_Group]) -> list[list[_Group]]:
     return passes
 
 
+def _halves(start: int, stop: int) -> list[tuple[int, int]]:
+    """Rows ``start:stop`` as two halves (the first the larger), or whole when it is one row."""
+    if stop - start < 2:
+        return [(start, stop)]
+    middle = start + (stop - start + 1) // 2
+    return [(start, middle), (middle, stop)]
+
+
 def _sparsegpt_pass(
     block: nn.Module,
     groups: list[_Group],
@@ -745,33 +760,113 @@ def _sparsegpt_pass(
     name: str,
     backups: list[_Backup],
     keep_backup: bool,
+    halves: bool,
 ) -> None:
-    """Fill the Hessians of *groups* from the calibration data (stopping each block call once they
-    have all seen their input), then prune their layers (:func:`_sparsegpt_layers`)."""
+    """Fill the Hessians of *groups* from the calibration data, then prune their layers
+    (:func:`_sparsegpt_layers`). Every block call stops once all layers of *groups* have seen
+    their input.
+
+    With *halves* (for the pass of the block's largest Hessians, a Llama block's down_proj's: its
+    Hessian next to the MLP's intermediates is the peak of a run), each sub-batch of two rows or
+    more runs as two halves, and each group's inputs from the halves are gathered into one tensor of
+    the sub-batch's rows before they go into its Hessian: the same update from the same values as
+    one call on the whole sub-batch (a layer's input rows do not depend on the other rows of the
+    call; bitwise on the CPU, tested), with half a sub-batch's activations alive next to the
+    Hessian. Inputs are gathered along their first dimension: the rows (transformers' blocks are
+    batch-first), or for a 2-D input the rows' tokens flattened (OPT's MLP). A sub-batch whose
+    halves do not give every group one such input (a layer not reached, called twice, or reading
+    e.g. a sequence-first tensor) runs again whole, and so does the rest of the pass. The other
+    passes (a Llama block's q/k/v, o and gate/up: 3 MiB of Hessians against 9 on the memory
+    benchmark's model) run whole sub-batches: halves there would cost time, not peak memory.
+    """
     mine: dict[int, tuple[Pruner, list[int]]] = {}
     for group in groups:
         for p, index in group:
             mine.setdefault(id(p), (p, []))[1].append(index)
     modules = [p.criterion.slots[i].module for group in groups for p, i in group]
     waiting: set[int] = set()
+    # the call running: None for a whole sub-batch (each group's input goes into its Hessian at
+    # once), else (first row within the sub-batch, rows, the sub-batch's rows) of a half
+    half: list[tuple[int, int, int] | None] = [None]
+    gathered: list[torch.Tensor | None] = [None] * len(groups)
+    filled = [0] * len(groups)  # rows gathered per group; -1: the halves can't give its input
+
+    def observe(g: int, x: torch.Tensor) -> None:
+        for p, index in groups[g]:
+            p.criterion.observe_(index, x)  # type: ignore[attr-defined]
+
+    def reader(g: int) -> Any:
+        def hook(module: nn.Module, args: tuple[Any, ...]) -> None:
+            x = args[0] if args and isinstance(args[0], torch.Tensor) else None
+            if x is None:
+                return
+            if half[0] is None:
+                observe(g, x)
+                return
+            offset, rows, total = half[0]
+            buffer = gathered[g]
+            batch_first = x.dim() > 2 and x.shape[0] == rows
+            flattened = x.dim() == 2 and x.shape[0] % rows == 0  # [rows * tokens, features] (OPT's MLP)
+            if buffer is None and offset == 0 and (batch_first or flattened):
+                buffer = gathered[g] = x.new_empty((total * (x.shape[0] // rows), *x.shape[1:]))
+            per_row = 0 if buffer is None else buffer.shape[0] // total
+            if (
+                buffer is None
+                or filled[g] != offset
+                or x.shape != (rows * per_row, *buffer.shape[1:])
+                or x.dtype != buffer.dtype
+                or x.device != buffer.device
+            ):
+                filled[g] = -1
+                return
+            buffer[offset * per_row : (offset + rows) * per_row].copy_(x)
+            filled[g] += rows
+
+        return hook
 
     def stop(module: nn.Module, args: tuple[Any, ...]) -> None:
         waiting.discard(id(module))
         if not waiting:
             raise _GroupSeen
 
+    def run(call: BlockInputs) -> None:
+        waiting.update(id(m) for m in modules)
+        with suppress(_GroupSeen):
+            block(*call[0], **call[1])
+
     handles = []
     try:
-        for p, indices in mine.values():
-            p.criterion.attach_hooks(only=indices)  # type: ignore[attr-defined]
-        # after the criteria's hooks: those of a layer run first, in the order they were added
-        handles = [m.register_forward_pre_hook(stop) for m in modules]  # type: ignore[union-attr]
+        # the first layer of each group reads its input; then every layer's stop (hooks run in the order added)
+        firsts = [group[0][0].criterion.slots[group[0][1]].module for group in groups]
+        handles = [m.register_forward_pre_hook(reader(g)) for g, m in enumerate(firsts)]  # type: ignore[union-attr]
+        handles += [m.register_forward_pre_hook(stop) for m in modules]  # type: ignore[union-attr]
         for call in inputs:
-            for args, kwargs in sub_batches(call, sub_batch_rows(block, call, tokens)):
-                waiting.update(id(m) for m in modules)
-                with suppress(_GroupSeen):
-                    block(*args, **kwargs)
+            rows = sub_batch_rows(block, call, tokens)
+            if rows is None:
+                run(call)
+                continue
+            batch = hidden_of(call).shape[0]
+            for start in range(0, batch, rows):
+                end = min(start + rows, batch)
+                pieces = _halves(start, end) if halves else [(start, end)]
+                if len(pieces) > 1:
+                    for first, last in pieces:
+                        half[0] = (first - start, last - first, end - start)
+                        run(rows_of(call, first, last))
+                    half[0] = None
+                    halves = all(n == end - start for n in filled)  # else whole sub-batches from here on
+                    if halves:
+                        for g, x in enumerate(gathered):
+                            observe(g, x)  # type: ignore[arg-type]
+                        del x
+                    gathered[:] = [None] * len(groups)
+                    filled[:] = [0] * len(groups)
+                    if halves:
+                        continue
+                run(rows_of(call, start, end))
     finally:
+        half[0] = None
+        gathered[:] = [None] * len(groups)
         for handle in handles:
             handle.remove()
         for p, _ in mine.values():

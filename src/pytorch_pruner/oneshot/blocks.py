@@ -27,6 +27,7 @@ __all__ = [
     "capture_inputs",
     "find_blocks",
     "hidden_of",
+    "rows_of",
     "run_batch",
     "run_block",
     "sub_batch_rows",
@@ -319,6 +320,11 @@ def _rows(value: Any, batch: int, start: int, stop: int) -> Any:
     if isinstance(value, dict):
         return {k: _rows(v, batch, start, stop) for k, v in value.items()}
     return value
+
+
+def rows_of(inputs: BlockInputs, start: int, stop: int) -> BlockInputs:
+    """The block call of rows ``start:stop`` of *inputs* (a batch :func:`sub_batch_rows` splits)."""
+    return _rows(inputs, hidden_of(inputs).shape[0], start, stop)
 
 
 def _sub_batches(inputs: BlockInputs, rows: int | None) -> Iterator[tuple[int, int, BlockInputs]]:
