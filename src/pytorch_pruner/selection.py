@@ -526,7 +526,7 @@ def _scan_numpy(
     """:func:`_scan_torch` by numpy on the same memory (CPU): the same comparisons of the same float32
     numbers, so the same counts, values and masks. numpy's SIMD comparisons, counts and ``flatnonzero``
     make the pass 2-2.5 times faster than torch's on this kind of CPU (a chunked pass over 2^26 scores,
-    one thread: 115 against 270 ms, measured; torch's float-to-bool comparison alone took 110 ms).
+    one thread: 98-126 against 252-287 ms, measured; torch's float-to-bool comparison alone took 110 ms).
     numpy runs each call on one thread, so the chunks are spread over torch's intra-op thread count
     (numpy releases the GIL in these calls)."""
     np = _numpy
