@@ -117,7 +117,7 @@ class Pruner:
         #: the sparsity the masks were last computed for
         self.current_sparsity = 0.0
         self._masked = False  # whether any mask has a False: until then applying is a no-op
-        #: per layer, what apply_masks multiplies (see _mask_views); made again when anything moved
+        #: per layer, what apply_masks multiplies (a :class:`_MaskViews`); made again when anything moved
         self._views: list[_MaskViews | None] = [None] * len(self.layers)
         if self.criterion.fixed_mask:
             self._lock()
@@ -213,8 +213,6 @@ class Pruner:
         if not self._masked:
             return
         views = self._views
-        if len(views) != len(self.layers):
-            views = self._views = [None] * len(self.layers)
         for i, layer in enumerate(self.layers):
             weight = layer.target.weight
             v = views[i]

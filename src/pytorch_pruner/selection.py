@@ -47,7 +47,7 @@ import struct
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 
@@ -56,11 +56,12 @@ try:
 except ImportError:  # optional: torch.kthvalue then
     _numpy = None  # type: ignore[assignment]
 
+_T = TypeVar("_T")
+
 __all__ = ["DOMAINS", "EPS", "Comm", "LayerUnits", "LazyScores", "kth_smallest", "lowest_k", "select", "select_rows"]
 
 #: slack for float error when a fraction of a count is rounded
 EPS = 1e-6  # absorbs float error in s * n (0.29 * 100 = 28.999999999999996)
-_T = TypeVar("_T")
 _EPS = EPS  # the former name
 _SAMPLE = 1 << 20  # sample size that brackets the cut on large inputs
 _DIRECT = 1 << 18  # below this many units no sample: the histograms start from the full range
@@ -91,11 +92,9 @@ def _kth_value(x: torch.Tensor, k: int) -> torch.Tensor:
     view of the same memory: an introselect with SIMD partitioning, 10-15 times faster than
     ``torch.kthvalue`` (786k scores: 0.9 ms against 13.7 ms, one thread, measured); the value is the
     same (a k-th smallest is unique, up to the sign of a zero, which comparisons ignore)."""
-    if x.device.type == "cpu" and _numpy is not None:
-        try:
-            return torch.tensor(float(_numpy.partition(x.numpy(), k - 1)[k - 1]), dtype=torch.float32)
-        except RuntimeError:  # a torch built without numpy support ("Numpy is not available")
-            pass
+    array = _as_numpy(x)
+    if array is not None:
+        return torch.tensor(float(_numpy.partition(array, k - 1)[k - 1]), dtype=torch.float32)
     return torch.kthvalue(x, k).values
 
 
@@ -473,8 +472,11 @@ def _scan(
         n = part.numel()
         lower = torch.empty(n if masks else min(n, _CHUNK), dtype=torch.bool, device=part.device)
         index = torch.int32 if n < 2**31 else torch.int64
-        pass_ = _scan_numpy if _as_numpy(part) is not None else _scan_torch
-        below, values, positions, total = pass_(part, vlo, vhi, lower, masks, index)
+        array = _as_numpy(part)
+        if array is not None:
+            below, values, positions, total = _scan_numpy(array, vlo, vhi, lower, masks, index)
+        else:
+            below, values, positions, total = _scan_torch(part, vlo, vhi, lower, masks, index)
         inside = _joined(values, part.new_empty(0))
         stats[0].append(below)
         stats[1].append(inside.numel())
@@ -520,17 +522,15 @@ def _scan_torch(
     return int(_summed(belows)), values, positions, float(_summed(sums))
 
 
-def _scan_numpy(
-    part: torch.Tensor, vlo: float, vhi: float, lower: torch.Tensor, masks: bool, index: torch.dtype
-) -> _Pass:
-    """:func:`_scan_torch` by numpy on the same memory (CPU): the same comparisons of the same float32
-    numbers, so the same counts, values and masks. numpy's SIMD comparisons, counts and ``flatnonzero``
+def _scan_numpy(scores: Any, vlo: float, vhi: float, lower: torch.Tensor, masks: bool, index: torch.dtype) -> _Pass:
+    """:func:`_scan_torch` by numpy on the same memory (CPU; *scores*: the part as :func:`_as_numpy`
+    gives it): the same comparisons of the same float32 numbers, so the same counts, values and
+    masks. numpy's SIMD comparisons, counts and ``flatnonzero``
     make the pass 2-2.5 times faster than torch's on this kind of CPU (a chunked pass over 2^26 scores,
     one thread: 98-126 against 252-287 ms, measured; torch's float-to-bool comparison alone took 110 ms).
     numpy runs each call on one thread, so the chunks are spread over torch's intra-op thread count
     (numpy releases the GIL in these calls)."""
     np = _numpy
-    scores = _as_numpy(part)
     low = lower.numpy() if masks else None
     lo32, hi32 = np.float32(vlo), np.float32(vhi)
     to = np.int32 if index == torch.int32 else np.int64
@@ -575,9 +575,10 @@ def _in_threads(run: Callable[[int], _T], starts: range) -> list[_T]:
     return list(pool.map(run, starts))
 
 
-def _as_numpy(part: torch.Tensor):  # -> numpy.ndarray | None
-    """*part* as a numpy array sharing its memory, where :func:`_scan_numpy` can read it: numpy
-    installed, a CPU float32 tensor, and a torch that hands tensors to numpy; else None."""
+def _as_numpy(part: torch.Tensor) -> Any:  # numpy.ndarray | None
+    """*part* as a numpy array sharing its memory, for the numpy paths (:func:`_kth_value`,
+    :func:`_scan_numpy`, :func:`_mask_below`): numpy installed, a CPU float32 tensor, and a torch
+    that hands tensors to numpy; else None."""
     if _numpy is None or part.device.type != "cpu" or part.dtype != torch.float32 or part.requires_grad:
         return None
     try:
@@ -625,7 +626,7 @@ def _mask_below(part: Scores, value: float, ties: int, all_ties: bool) -> torch.
         _in_threads(lambda s: compare_np(scores[s : s + _CHUNK], bound, out=out[s : s + _CHUNK]), range(0, n, _CHUNK))
     else:
         compare = torch.le if all_ties else torch.lt
-        for start in range(0, part.numel(), _CHUNK):
+        for start in range(0, n, _CHUNK):
             compare(part[start : start + _CHUNK], value, out=mask[start : start + _CHUNK])
     if all_ties:
         return mask

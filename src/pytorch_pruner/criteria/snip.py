@@ -114,8 +114,8 @@ class _GradientCriterion(Criterion):
         """Block scores of ``|W*G|`` of slot *i*, aligned with ``slot.aligned(score)``."""
         slot = self.slots[i]
         weight = slot.weight.detach()
-        elem = self._elem_views[i]
-        if elem is None or elem.device != weight.device:
+        elem = self._elem_views[i]  # made again after the weight moves (follow_)
+        if elem is None:
             elem = self._elem_views[i] = self._elem_buffer(weight.device)[: weight.numel()].view(weight.shape)
         if weight.dtype == torch.float32:
             torch.mul(weight, grad, out=elem)

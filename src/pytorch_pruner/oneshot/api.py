@@ -619,11 +619,9 @@ def _prune_block(
             groups = _hessian_groups(block, readers, inputs, None if blocks.whole else 1)
             plan = None if groups is None else _passes(groups)
         if plan is not None:
-            largest = max(sum(_hessian_bytes(g) for g in groups) for groups in plan)
-            for groups in plan:
-                halves = (
-                    sum(_hessian_bytes(g) for g in groups) == largest
-                )  # the passes at the peak: see _sparsegpt_pass
+            sizes = [sum(_hessian_bytes(g) for g in groups) for groups in plan]
+            for groups, size in zip(plan, sizes, strict=True):
+                halves = size == max(sizes)  # the passes at the peak: see _sparsegpt_pass
                 _sparsegpt_pass(block, groups, inputs, run_tokens, blocks.names[b], backups, keep_backup, halves)
             for p in readers:
                 _sparsegpt_done(p)
