@@ -321,3 +321,30 @@ def test_scores_laid_out_flat_again_after_the_weights_are_replaced() -> None:
     )
     assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters(), strict=True))
     assert pa.report().block_sparsity == pb.report().block_sparsity > 0.4
+
+
+def test_a_pattern_whose_reduce_ignores_the_buffer_still_updates_the_flat_scores() -> None:
+    """A pattern (registered by a user) may return its block scores as a new tensor instead of
+    writing them into ``out``: the staged step is then copied into the flat buffer, and the scores
+    equal the unfused reference's."""
+    model = make_mlp()
+    reference = copy.deepcopy(model)
+    fused = Pruning(_config("snip_momentum", "4x1"))
+    fused.on_train_begin(model)
+    unfused = _as_reference(Pruning(_config("snip_momentum", "4x1")))
+    unfused.on_train_begin(reference)
+    for pruning in (fused, unfused):
+        for slot in pruning.pruners[0].criterion.slots:
+            own = slot.reduce
+            slot.reduce = lambda t2d, out=None, own=own: own(t2d)  # a new tensor, out ignored
+    opt_a = torch.optim.SGD(model.parameters(), lr=0.05)
+    opt_b = torch.optim.SGD(reference.parameters(), lr=0.05)
+    for _ in range(6):
+        x = torch.randn(8, 32)
+        _step(model, fused, opt_a, x)
+        _step(reference, unfused, opt_b, x)
+    crit = fused.pruners[0].criterion
+    assert crit._flat is not None
+    for a, b in zip(crit.scores(), unfused.pruners[0].criterion.scores(), strict=True):
+        assert torch.equal(a, b) and a.abs().sum() > 0
+    assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
