@@ -489,3 +489,19 @@ def test_scans_by_numpy_and_by_torch_return_the_same_counts_values_positions_and
                 assert torch.equal(a.below, b.below)
     assert numpy_passes
     assert any(name.startswith("pytorch-pruner-select") for name in comparing) == (threads > 1)
+
+
+def test_a_torch_without_numpy_support_falls_back_to_torch_ops(monkeypatch: pytest.MonkeyPatch) -> None:
+    """numpy installed but a torch that cannot hand tensors to it ("Numpy is not available"): every
+    numpy path (k-th values, scans, mask comparisons) falls back to torch ops, with the same masks."""
+    g = torch.Generator().manual_seed(9)
+    layers = [LayerUnits(torch.rand(n, generator=g), 4, 4 * n, max_sparsity=0.9) for n in (300_000, 1_000, 5)]
+    want = [m.clone() for m in select(layers, 0.6, "global")]
+
+    def no_numpy(self: torch.Tensor, *args, **kwargs):
+        raise RuntimeError("Numpy is not available")
+
+    monkeypatch.setattr(torch.Tensor, "numpy", no_numpy)
+    got = select(layers, 0.6, "global")
+    assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    assert int(sum(m.sum() for m in got)) == math.floor(0.6 * 301_005)
