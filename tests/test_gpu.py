@@ -66,3 +66,38 @@ def test_cuda_state_loads_on_cpu() -> None:
     restored.on_train_begin(cpu_model)
     restored.load_state_dict(state)
     assert all(torch.equal(m.cpu(), restored.masks()[k]) for k, m in pruning.masks().items())
+
+
+def test_model_split_over_cpu_and_cuda_keeps_scores_exact_on_a_non_finite_step() -> None:
+    """One pruner's layers on the CPU and on CUDA: the finiteness flag reaches the CPU layers by a
+    blocking copy, so an inf gradient on the CUDA layer leaves both layers' scores as they were,
+    and a finite step updates both."""
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 64), nn.Linear(64, 64).cuda())
+    pruning = Pruning(
+        {
+            "prune_type": "snip_momentum",
+            "pattern": "1x1",
+            "target_sparsity": 0.5,
+            "prune_layer_type": ["Linear"],
+            "start_step": 5,
+            "end_step": 9,
+            "update_frequency_on_step": 2,
+        }
+    )
+    pruning.on_train_begin(model)
+    criterion = pruning.pruners[0].criterion
+    for step in range(3):
+        pruning.on_step_begin(step)
+        for p in model.parameters():
+            p.grad = torch.randn_like(p)
+        if step == 1:
+            model[1].weight.grad[3, 5] = float("inf")
+        before = [s.detach().cpu().clone() for s in criterion.scores()]
+        pruning.on_before_optimizer_step()
+        pruning.on_after_optimizer_step()
+        after = [s.detach().cpu() for s in criterion.scores()]
+        same = [torch.equal(a, b) for a, b in zip(before, after, strict=True)]
+        assert same == ([True, True] if step == 1 else [False, False])

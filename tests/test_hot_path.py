@@ -348,3 +348,37 @@ def test_a_pattern_whose_reduce_ignores_the_buffer_still_updates_the_flat_scores
     for a, b in zip(crit.scores(), unfused.pruners[0].criterion.scores(), strict=True):
         assert torch.equal(a, b) and a.abs().sum() > 0
     assert all(torch.equal(a, b) for a, b in zip(model.parameters(), reference.parameters(), strict=True))
+
+
+def test_flags_copied_to_the_cpu_from_another_device_are_waited_for() -> None:
+    """A non-blocking device-to-host copy may land after CPU ops have read it: the flag a model
+    split over the CPU and an accelerator gives its CPU layers must be a blocking copy, and the
+    flags of both are gathered on the accelerator (host-to-device copies are stream-ordered).
+    ``meta`` stands in for the accelerator here; tests/test_gpu.py runs it on CUDA."""
+    from unittest import mock
+
+    from pytorch_pruner.criteria import finite_flag, flag_to
+
+    calls: list[tuple[str, str, bool]] = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, non_blocking=False, **kwargs):  # type: ignore[no-untyped-def]
+        if not args or not isinstance(args[0], torch.device | str):  # e.g. .to(dtype): not a copy
+            return real_to(self, *args, non_blocking=non_blocking, **kwargs)
+        device = torch.device(args[0])
+        calls.append((self.device.type, device.type, non_blocking))
+        if self.is_meta and device.type == "cpu":
+            return torch.ones((), dtype=torch.bool)  # a meta tensor has no value to copy
+        return real_to(self, *args, non_blocking=non_blocking, **kwargs)
+
+    on_cpu = torch.ones((), dtype=torch.bool)
+    on_other = torch.ones((), dtype=torch.bool, device="meta")
+    with mock.patch.object(torch.Tensor, "to", spy):
+        assert flag_to(on_cpu, on_cpu.device) is on_cpu  # nothing to copy
+        flag_to(on_other, torch.device("cpu"))
+        flag_to(on_cpu, torch.device("meta"))
+        assert calls == [("meta", "cpu", False), ("cpu", "meta", True)]
+        calls.clear()
+        gathered = finite_flag([torch.zeros(3), torch.zeros(3, device="meta")])
+    assert gathered.device.type == "meta"  # not a device-to-host copy on the way
+    assert calls == [("cpu", "meta", True)]

@@ -1,7 +1,7 @@
 """Pruning criteria: how important each weight block is (higher score = kept)."""
 
 from .activation import ActivationStats, HessianStats, SparseGPT, Wanda
-from .base import CRITERIA, Criterion, ScoreSlot, finite_flag
+from .base import CRITERIA, Criterion, ScoreSlot, finite_flag, flag_to
 from .magnitude import Magnitude
 from .pattern_lock import PatternLock
 from .snip import Snip, SnipMomentum
@@ -19,4 +19,5 @@ __all__ = [
     "SparseGPT",
     "Wanda",
     "finite_flag",
+    "flag_to",
 ]

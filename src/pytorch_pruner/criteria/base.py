@@ -42,7 +42,7 @@ from ..registry import Registry
 if TYPE_CHECKING:
     from ..patterns import Pattern
 
-__all__ = ["CRITERIA", "Criterion", "ScoreSlot", "finite_flag"]
+__all__ = ["CRITERIA", "Criterion", "ScoreSlot", "finite_flag", "flag_to"]
 
 
 @dataclass(eq=False)
@@ -114,7 +114,7 @@ def finite_flag(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     reduction torch has on CPU (``isfinite().all()`` and the inf-norm are much slower); fp16 and
     bf16 tensors are summed in float32, so a finite fp16 gradient never "overflows" (a float32 sum
     that overflows from finite values would need values near 1e38: a broken step anyway). Tensors
-    on several devices give one flag on the first tensor's device.
+    on several devices give one flag on the first accelerator among them (else the CPU).
     """
     if not tensors:
         return torch.ones((), dtype=torch.bool)
@@ -124,8 +124,23 @@ def finite_flag(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     flags = [torch.isfinite(sums[0] if len(sums) == 1 else torch.stack(sums)).all() for sums in by_device.values()]
     if len(flags) == 1:
         return flags[0]
-    first = flags[0].device
-    return torch.stack([f.to(first, non_blocking=True) for f in flags]).all()
+    # gathered on an accelerator where there is one: a copy from the host is stream-ordered there,
+    # while a CPU tensor copied from an accelerator must be waited for (see flag_to)
+    target = next((f.device for f in flags if f.device.type != "cpu"), flags[0].device)
+    return torch.stack([flag_to(f, target) for f in flags]).all()
+
+
+def flag_to(flag: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """*flag* on *device*, correct to read there at once.
+
+    To an accelerator the copy is non-blocking (ordered on its stream, no host sync). To the CPU
+    from an accelerator it blocks: a non-blocking device-to-host copy lands after the call returns,
+    so CPU ops reading it at once could read memory not yet written. That sync happens only when
+    one pruner's layers are on the CPU and on an accelerator (a model split across both).
+    """
+    if flag.device == device:
+        return flag
+    return flag.to(device, non_blocking=device.type != "cpu")
 
 
 class Criterion(ABC):

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from .base import CRITERIA, Criterion, ScoreSlot
+from .base import CRITERIA, Criterion, ScoreSlot, flag_to
 
 __all__ = ["Snip", "SnipMomentum"]
 
@@ -153,7 +153,7 @@ class _GradientCriterion(Criterion):
         flat = self._flat if self._stage_steps else None
         if flat is not None and all(self._staged):
             scores, steps = flat
-            ok = finite.to(scores.device, non_blocking=True)
+            ok = flag_to(finite, scores.device)
             # step + decay * score for every layer in one fused pass, kept where finite
             torch.add(steps, scores, alpha=self.decay, out=steps)
             torch.where(ok, steps, scores, out=scores)
@@ -162,7 +162,7 @@ class _GradientCriterion(Criterion):
         for i, (slot, score) in enumerate(zip(self.slots, self._scores, strict=True)):
             device = score.device
             if device not in flags:
-                flags[device] = finite.to(device, non_blocking=True)
+                flags[device] = flag_to(finite, device)
             ok = flags[device]
             if not self._staged[i]:  # frozen or unused this step: no new evidence, old scores decay
                 if self.decay != 1.0:
