@@ -101,3 +101,82 @@ def test_model_split_over_cpu_and_cuda_keeps_scores_exact_on_a_non_finite_step()
         after = [s.detach().cpu() for s in criterion.scores()]
         same = [torch.equal(a, b) for a, b in zip(before, after, strict=True)]
         assert same == ([True, True] if step == 1 else [False, False])
+
+
+def test_wanda_statistics_follow_a_model_moved_to_cuda_after_on_train_begin() -> None:
+    """on_train_begin on the CPU, then model.cuda(): the input statistics move with the weights, so
+    the forward hooks copy nothing to the host (they did, every forward: a sync, caught here by
+    set_sync_debug_mode) and the masks come from the inputs seen on the GPU."""
+    from torch import nn
+
+    model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 64))
+    pruning = Pruning(
+        {
+            "prune_type": "wanda",
+            "pattern": "1x1",
+            "target_sparsity": 0.5,
+            "prune_layer_type": ["Linear"],
+            "start_step": 1,
+            "end_step": 3,
+            "update_frequency_on_step": 1,
+        }
+    )
+    pruning.on_train_begin(model)
+    model.cuda()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    for step in range(4):
+        pruning.on_step_begin(step)
+        x = torch.randn(8, 64, device="cuda")
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            loss = model(x).pow(2).mean()
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        loss.backward()
+        pruning.on_before_optimizer_step()
+        optimizer.step()
+        pruning.on_after_optimizer_step()
+        optimizer.zero_grad()
+    assert all(s.mean_sq.device.type == "cuda" for s in pruning.pruners[0].criterion.stats)
+    assert pruning.report().block_sparsity == pytest.approx(0.5, abs=1e-3)
+
+
+_MAGNITUDE_4X1 = {"prune_type": "magnitude", "pattern": "4x1", "target_sparsity": 0.5, "prune_layer_type": ["Linear"]}
+
+
+def test_a_state_loads_into_a_model_moved_to_cuda_after_on_train_begin() -> None:
+    """The CPU masks follow the weights to the GPU before they are applied (apply_masks met CPU
+    masks and CUDA weights: a device-mismatch error half-way through the load)."""
+    source = make_bert()
+    saved = Pruning(_MAGNITUDE_4X1)
+    saved.on_train_begin(source)
+    saved.on_step_begin(0)
+    state, masks = saved.state_dict(), saved.masks()
+    model = make_bert()
+    pruning = Pruning(_MAGNITUDE_4X1)
+    pruning.on_train_begin(model)
+    model.cuda()
+    pruning.load_state_dict(state)
+    for name, keep in masks.items():
+        weight = model.get_submodule(name).weight
+        assert weight.device.type == "cuda" and torch.equal((weight != 0).cpu(), keep)
+    assert all(m.device.type == "cuda" for m in pruning.masks().values())
+
+
+def test_squash_after_model_cpu() -> None:
+    """Pruned on the GPU, moved to the CPU for export, squashed: the masks follow and zero the
+    moved weights (CUDA masks met CPU weights)."""
+    model = make_bert().cuda()
+    pruning = Pruning(_MAGNITUDE_4X1)
+    pruning.on_train_begin(model)
+    pruning.on_step_begin(0)
+    masks = {name: m.cpu() for name, m in pruning.masks().items()}
+    model.cpu()
+    with torch.no_grad():
+        for name in masks:
+            model.get_submodule(name).weight.add_(1.0)  # as an update without on_after_optimizer_step
+    assert pruning.squash() is model
+    for name, keep in masks.items():
+        weight = model.get_submodule(name).weight
+        assert (weight[~keep] == 0).all() and (weight[keep] != 0).all()

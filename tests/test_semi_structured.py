@@ -13,6 +13,7 @@ from pytorch_pruner.speed import (
     choose_layers,
     select_faster,
     semi_structured_support,
+    time_linear,
     to_semi_structured_,
 )
 
@@ -147,6 +148,62 @@ def test_conversion_replaces_only_the_layers_timed_faster(monkeypatch: pytest.Mo
     assert decisions["0"].speedup == 2.0 and decisions["2"].reason == "speedup 0.98x < 1.05x"
     assert not decisions["4"].eligible and decisions["4"].dense_ms is None
     assert "0 [128, 64]: 2:4 sparse (dense 2.000 ms, sparse 1.000 ms; speedup 2.00x >= 1.05x)" in str(report)
+
+
+def test_time_linear_records_its_events_on_the_layer_s_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA events record on the current device's stream: a layer on a second GPU, timed from the
+    first, measured nothing (both times ~0, a coin-flip decision), so the timing runs under
+    ``torch.cuda.device`` of the weight. CUDA's device context, events and the conversion stood in
+    for; test_time_linear_on_a_second_gpu runs it on two GPUs."""
+    current: list[torch.device | None] = [None]
+
+    class Device:  # torch.cuda.device: the current device within the block
+        def __init__(self, device: torch.device) -> None:
+            self.device, self.before = torch.device(device), None
+
+        def __enter__(self) -> None:
+            self.before, current[0] = current[0], self.device
+
+        def __exit__(self, *exc: object) -> None:
+            current[0] = self.before
+
+    recorded: list[torch.device | None] = []
+
+    class Event:
+        def __init__(self, enable_timing: bool = False) -> None:
+            pass
+
+        def record(self, stream: object = None) -> None:
+            recorded.append(current[0])
+
+        def synchronize(self) -> None:
+            pass
+
+        def elapsed_time(self, end: object) -> float:
+            return 1.0
+
+    monkeypatch.setattr(torch.cuda, "device", Device)
+    monkeypatch.setattr(torch.cuda, "Event", Event)
+    monkeypatch.setattr(torch.sparse, "to_sparse_semi_structured", lambda weight: weight)
+    layer = nn.Linear(64, 32)
+    assert time_linear(layer, tokens=8, repeats=2) == (1.0, 1.0)
+    assert len(recorded) == 8 and set(recorded) == {layer.weight.device}
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(
+    torch.cuda.device_count() < 2 or semi_structured_support("cuda:1") is not None,
+    reason="needs a second CUDA GPU with 2:4 kernels",
+)
+def test_time_linear_on_a_second_gpu() -> None:
+    """A 4096 x 4096 fp16 layer on 8192 tokens is 275 GFLOP: well over 0.05 ms on any GPU. Timed
+    with events of another GPU it read ~0 (the events waited for nothing)."""
+    model = nn.Sequential(nn.Linear(4096, 4096)).to("cuda:1", torch.half)
+    prune_(model, {"pattern": "2:4", "target_sparsity": 0.5})
+    layer = model[0]
+    with torch.cuda.device(0):
+        dense, sparse = time_linear(layer, tokens=8192, repeats=5)
+    assert dense > 0.05 and sparse > 0.05
 
 
 def test_support_message_for_cpu_models() -> None:

@@ -219,10 +219,11 @@ def test_empty_layers_are_skipped_with_the_reason(empty: nn.Module) -> None:
 
 
 # -- device and meta ---------------------------------------------------------------------------
-@pytest.mark.parametrize("criterion", ["magnitude", "snip_momentum"])
+@pytest.mark.parametrize("criterion", ["magnitude", "snip_momentum", "wanda"])
 @pytest.mark.parametrize("materialize", ["to_empty", "assign"])
 def test_a_model_built_on_meta_and_materialized_later_trains(criterion: str, materialize: str) -> None:
-    """Failed with 'Tensor.item() cannot be called on meta tensors'."""
+    """Failed with 'Tensor.item() cannot be called on meta tensors' (wanda: its input statistics
+    stayed on meta, where no input is counted; on a GPU they stayed on the CPU)."""
     with torch.device("meta"):
         model = make_mlp()
     pruning = Pruning({"prune_type": criterion, **GRADUAL})
@@ -242,6 +243,46 @@ def test_a_model_built_on_meta_and_materialized_later_trains(criterion: str, mat
     assert all(m.device.type == "cpu" for m in masks.values())
     assert zeros(model.fc1.weight) == pytest.approx(1 - float(masks["fc1"].float().mean()))
     assert pruning.report().block_sparsity == pytest.approx(0.5, abs=0.01)
+    state = pruning.state_dict()["pruners"][0]["criterion"]
+    assert all(t.device.type == "cpu" for ts in state.values() for t in ts)
+
+
+def _pruned_mlp_state() -> tuple[nn.Module, dict]:
+    model = make_mlp()
+    pruning = Pruning({"prune_type": "snip_momentum", **GRADUAL})
+    pruning.on_train_begin(model)
+    train(model, pruning)
+    return model, pruning.state_dict()
+
+
+def test_a_state_loads_into_a_model_materialized_after_on_train_begin() -> None:
+    """The masks follow the weights before the state is applied (failed on the masks still on
+    meta; on a GPU, a model moved there after on_train_begin met CPU masks in apply_masks)."""
+    trained, state = _pruned_mlp_state()
+    with torch.device("meta"):
+        model = make_mlp()
+    pruning = Pruning({"prune_type": "snip_momentum", **GRADUAL})
+    pruning.on_train_begin(model)
+    model.load_state_dict(make_mlp().state_dict(), assign=True)  # dense weights: the masks must zero them
+    pruning.load_state_dict(state)
+    keep = trained.fc1.weight != 0
+    assert torch.equal(model.fc1.weight != 0, keep) and torch.equal(pruning.masks()["fc1"], keep)
+    assert pruning.pruners[0].criterion.scores()[0].device.type == "cpu"
+
+
+def test_squash_follows_a_model_moved_since_the_last_hook() -> None:
+    """squash re-applies the masks where the weights are now (failed on the masks still on meta;
+    on a GPU, after model.cpu() for export, CUDA masks met CPU weights)."""
+    trained, _ = _pruned_mlp_state()
+    with torch.device("meta"):
+        model = make_mlp()
+    pruning = Pruning({"prune_type": "snip_momentum", **GRADUAL})
+    pruning.on_train_begin(model)
+    model.load_state_dict(trained.state_dict(), assign=True)
+    assert pruning.squash() is model
+    layers = pruning.pruners[0].layers
+    assert all(layer.keep.device.type == "cpu" and bool(layer.keep.all()) for layer in layers)  # nothing pruned here
+    assert torch.equal(model.fc1.weight, trained.fc1.weight)
 
 
 def test_pruning_a_model_still_on_meta_says_so() -> None:

@@ -96,6 +96,7 @@ def squash(pruning: Pruning) -> nn.Module:
         (True, 32)
     """
     pruning.require_started("squash")
+    pruning._follow_weights()  # a model moved since the last hook (e.g. model.cpu() to export): masks go with it
     from torch.nn.utils import parametrize
 
     for pruner in pruning.pruners:

@@ -407,6 +407,7 @@ class Pruning:
         """
         self.require_started("load_state_dict")
         self.check_state_dict(state)
+        self._follow_weights()  # masks beside the weights (moved, or materialized from meta) before they are applied
         pruner_states = state["pruners"]
         for pruner, ps in zip(self.pruners, pruner_states, strict=True):
             pruner.load_state_dict(ps)

@@ -80,6 +80,17 @@ class ActivationStats:
         self.mean_sq.zero_()
         self.count.zero_()
 
+    def to_(self, device: torch.device) -> None:
+        """Move to *device* (the layer's weight moved there); statistics on ``meta`` hold no values
+        and start again at zero."""
+        if self.mean_sq.device == device:
+            return
+        if self.mean_sq.is_meta:
+            self.mean_sq = torch.zeros_like(self.mean_sq, device=device)
+            self.count = torch.zeros_like(self.count, device=device)
+        else:
+            self.mean_sq, self.count = self.mean_sq.to(device), self.count.to(device)
+
 
 class HessianStats:
     """``H = (2/n) Σ x xᵀ`` over the n input tokens of one layer (float32), kept as a running mean."""
@@ -122,6 +133,17 @@ class HessianStats:
         torch.distributed.all_reduce(count, group=group)
         return (h / count.clamp_min(1)).float()
 
+    def to_(self, device: torch.device) -> None:
+        """Move to *device* (the layer's weight moved there); statistics on ``meta`` start again."""
+        if self.count.device == device:
+            return
+        if self.count.is_meta:
+            self._h, self._seen = None, 0
+            self.count = torch.zeros((), dtype=torch.float64, device=device)
+        else:
+            self.count = self.count.to(device)
+            self._h = None if self._h is None else self._h.to(device)
+
     def take_(self, group: Any = None) -> torch.Tensor:
         """:meth:`hessian`, handing over the running H (no copy on one process) and releasing it."""
         h = self.hessian(group) if _distributed() else self.h
@@ -152,6 +174,13 @@ class _InputCriterion(Criterion):
             self.repeats.append(cols // features)
         self._handles: list[RemovableHandle] = []
         self.attach_hooks()
+
+    def follow_(self, index: int, weight: torch.Tensor) -> None:
+        # the statistics are objects, not tensors: the default moves nothing of them. Left behind, a
+        # layer moved to a GPU after on_train_begin would copy its inputs to the host in every forward
+        # (and all-reduce CPU tensors over NCCL); one built on meta would never count an input
+        super().follow_(index, weight)
+        self.stats[index].to_(weight.device)
 
     def attach_hooks(self, only: Collection[int] | None = None) -> None:
         """Start collecting input statistics (a forward pre-hook per layer; *only*: just for the

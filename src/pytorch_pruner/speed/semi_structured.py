@@ -241,7 +241,8 @@ def time_linear(module: nn.Linear, tokens: int, repeats: int = 20) -> tuple[floa
             times.append(start.elapsed_time(end))
         return statistics.median(times)
 
-    with torch.inference_mode():
+    # on the weight's GPU: the events record on the current device's stream, and the layer runs on its own
+    with torch.inference_mode(), torch.cuda.device(weight.device):
         return median_ms(weight), median_ms(sparse)
 
 
