@@ -91,3 +91,19 @@ def test_sharded_run_on_a_one_rank_nccl_mesh_prunes_as_the_unsharded_one(cuda_me
     report = fsdp.report()
     assert report.block_sparsity == pytest.approx(0.75, abs=0.01)
     assert report.block_sparsity == pytest.approx(plain.report().block_sparsity)
+
+
+def test_input_statistics_held_on_the_cpu_are_summed_over_nccl(cuda_mesh: Any) -> None:
+    """Statistics beside weights kept on the CPU (e.g. FSDP2's CPU offload) are all-reduced through
+    the GPU: NCCL refused the CPU tensors ("No backend type associated with device type cpu")."""
+    from pytorch_pruner.criteria.activation import ActivationStats, HessianStats
+
+    x = torch.randn(16, 8)
+    act, hess = ActivationStats(8, torch.device("cpu")), HessianStats(8, torch.device("cpu"))
+    act.update_(x)
+    hess.update_(x)
+    group = cuda_mesh.get_group()
+    mean, h = act.mean(group), hess.hessian(group)
+    assert mean.device.type == h.device.type == "cpu"
+    torch.testing.assert_close(mean, x.pow(2).mean(0), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(h, 2 * x.t() @ x / 16, rtol=1e-5, atol=1e-6)

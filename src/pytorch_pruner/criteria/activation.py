@@ -39,6 +39,17 @@ def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
+def _all_reduce_(tensor: torch.Tensor, group: Any) -> None:
+    """Sum *tensor* over the ranks of *group* in place. NCCL reduces CUDA tensors only: statistics
+    held on the CPU (beside weights kept there, e.g. FSDP2's CPU offload) go through the current GPU."""
+    if tensor.device.type == "cpu" and str(torch.distributed.get_backend(group)) == "nccl":
+        moved = tensor.to(torch.device("cuda", torch.cuda.current_device()))
+        torch.distributed.all_reduce(moved, group=group)
+        tensor.copy_(moved)
+        return
+    torch.distributed.all_reduce(tensor, group=group)
+
+
 def _features(module: nn.Module, x: torch.Tensor, columns: int) -> tuple[torch.Tensor, int]:
     """The layer input as ``[tokens, features]`` (float32) and how often each feature repeats in
     the 2-D view's columns (kernel positions of a convolution; 1 for Linear and Conv1D)."""
@@ -73,7 +84,7 @@ class ActivationStats:
         if not _distributed():
             return self.mean_sq.clone()
         both = torch.cat([self.mean_sq.double() * self.count, self.count.reshape(1)])
-        torch.distributed.all_reduce(both, group=group)
+        _all_reduce_(both, group)
         return (both[:-1] / both[-1].clamp_min(1)).float()
 
     def reset_(self) -> None:
@@ -129,8 +140,8 @@ class HessianStats:
             return self.h.clone()
         h = self.h.double() * self.count
         count = self.count.clone()
-        torch.distributed.all_reduce(h, group=group)
-        torch.distributed.all_reduce(count, group=group)
+        _all_reduce_(h, group)
+        _all_reduce_(count, group)
         return (h / count.clamp_min(1)).float()
 
     def to_(self, device: torch.device) -> None:
