@@ -27,6 +27,7 @@ import torch
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
+from .._numerics import full_fp32_matmul
 from ..errors import PruningError, StateError
 from ..patterns import NInM, NxM, Pattern
 from ..targets import layer_kind
@@ -123,8 +124,10 @@ class HessianStats:
         if tokens == 0:
             return
         seen, total = self._seen, self._seen + tokens  # host ints: no device sync for the scalars below
-        # H <- (seen/total) H + (2/total) xᵀx, in one call: no scaled copy of the inputs
-        self.h.addmm_(flat.t(), flat, beta=seen / total, alpha=2.0 / total)
+        # H <- (seen/total) H + (2/total) xᵀx, in one call: no scaled copy of the inputs; at full
+        # float32 precision even where the process lets matmuls use TF32 or bf16
+        with full_fp32_matmul():
+            self.h.addmm_(flat.t(), flat, beta=seen / total, alpha=2.0 / total)
         self._seen = total
         self.count.add_(tokens)
 

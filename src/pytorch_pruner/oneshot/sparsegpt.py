@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .._numerics import full_fp32_matmul
 from ..errors import PruningError
 from ..patterns import NInM, Pattern
 from ..selection import LayerUnits, lowest_k
@@ -53,6 +54,10 @@ def prepare_hessian(
     return prepare_hessian_(hessian.detach().float().clone(), damping=damping, name=name)
 
 
+#: devices where :func:`prepare_hessian_` factorises in the Hessian's own memory (LAPACK on the CPU)
+_IN_PLACE_DEVICES = frozenset({"cpu"})
+
+
 def prepare_hessian_(
     hessian: torch.Tensor, *, damping: float = DAMPING, name: str = "the layer"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,7 +65,8 @@ def prepare_hessian_(
     overwrites: no second ``[cols, cols]`` matrix. ``U`` is returned as a transposed view of that
     memory: LAPACK works in column-major order, and a symmetric row-major matrix read column-major
     is itself, so the Cholesky factorisations and the inverse run in place. (On the CPU; on other
-    devices each step allocates its result and frees the previous one: two matrices at a time.)"""
+    devices each step allocates its result and frees the previous one: two matrices at a time when
+    the caller hands *hessian* over, i.e. holds no other reference to it.)"""
     if hessian.requires_grad:
         raise PruningError(f"sparsegpt: the Hessian of {name} must not require grad (detach it)")
     if hessian.dtype != torch.float32:
@@ -71,7 +77,7 @@ def prepare_hessian_(
     dead = diagonal == 0
     diagonal.masked_fill_(dead, 1.0)
     diagonal.add_(damping * float(diagonal.mean()))
-    if hessian.device.type == "cpu":
+    if hessian.device.type in _IN_PLACE_DEVICES:
         work = hessian.mT  # column-major: LAPACK's own layout, so out=work needs no copy
         info = torch.zeros((), dtype=torch.int32, device=hessian.device)
         torch.linalg.cholesky_ex(work, out=(work, info))  # L, H = L Lᵀ
@@ -81,8 +87,10 @@ def prepare_hessian_(
             if int(info) == 0:
                 return work, dead
     else:  # the in-place path is tested on the CPU only: elsewhere each step frees the one before
-        factor, info = torch.linalg.cholesky_ex(hessian)
-        del hessian
+        work = hessian
+        del hessian, diagonal  # (a view of H: it would keep H alive beside the factor)
+        factor, info = torch.linalg.cholesky_ex(work)
+        del work  # H is freed here if the caller handed it over (HessianStats.take_ does)
         if int(info) == 0:
             inverse = torch.cholesky_inverse(factor)
             del factor
@@ -147,6 +155,18 @@ def sparsegpt_(
     if nm and block_size % pattern.m:
         raise PruningError(f"sparsegpt: pattern {pattern.name} needs M dividing the block size {block_size}")
     prune = torch.zeros(rows, cols, dtype=torch.bool, device=w.device)
+    with full_fp32_matmul():  # the error feedback at full float32 precision, even where TF32/bf16 is on
+        _solve_(w, u, prune, pattern, sparsity, nm, block_size)
+    w.masked_fill_(prune, 0.0)  # (w[prune] = 0 would build the int64 indices of every pruned weight)
+    return w, ~prune
+
+
+def _solve_(
+    w: torch.Tensor, u: torch.Tensor, prune: torch.Tensor, pattern: Pattern, sparsity: float, nm: bool, block_size: int
+) -> None:
+    """Steps 4-5 of :func:`sparsegpt_` in place: choose *prune* block by block and spread each pruned
+    weight's error over the columns after it."""
+    cols = w.shape[1]
     for i1 in range(0, cols, block_size):
         i2 = min(i1 + block_size, cols)
         block = w[:, i1:i2].clone()
@@ -170,5 +190,3 @@ def sparsegpt_(
         w[:, i1:i2] = block
         if i2 < cols:
             w[:, i2:].addmm_(errors, u[i1:i2, i2:], alpha=-1)  # no [rows, cols] temporary
-    w.masked_fill_(prune, 0.0)  # (w[prune] = 0 would build the int64 indices of every pruned weight)
-    return w, ~prune
