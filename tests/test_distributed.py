@@ -173,3 +173,31 @@ def test_a_state_gathered_from_fsdp2_ranks_needs_as_many_ranks() -> None:
     assert own_state(plain) is plain  # states of unsharded runs pass through
     with pytest.raises(StateError, match=r"saved by 2 FSDP2 ranks, this run has 1; resume on 2 ranks"):
         own_state({"ranks": [plain, plain]})
+
+
+@pytest.mark.parametrize(
+    ("backend", "cpu"),
+    [
+        ("gloo", True),
+        ("nccl", False),
+        ("cuda:nccl", False),  # NCCL registered for CUDA tensors only: counts must go through the GPU
+        ("cpu:gloo,cuda:nccl", True),  # init_process_group(device_id=...)'s default: CPU tensors go to gloo
+        ("cuda:nccl,cpu:gloo", True),
+        ("mpi", True),
+    ],
+)
+def test_which_backends_reduce_cpu_tensors(backend: str, cpu: bool) -> None:
+    from pytorch_pruner.distributed import reduces_cpu_tensors
+
+    assert reduces_cpu_tensors(backend) is cpu
+
+
+def test_a_one_process_gloo_group_reduces_on_the_cpu(tmp_path: Path) -> None:
+    from pytorch_pruner.distributed import ProcessGroupComm
+
+    dist.init_process_group("cpu:gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        comm = ProcessGroupComm()
+        assert comm.device == torch.device("cpu")
+    finally:
+        dist.destroy_process_group()

@@ -27,11 +27,32 @@ __all__ = [
     "ProcessGroupComm",
     "WeightShard",
     "check_sharded",
+    "comm_device",
     "gathered_state_dict",
     "is_dtensor",
     "own_state",
+    "reduces_cpu_tensors",
     "row_block",
 ]
+
+
+def reduces_cpu_tensors(backend: str) -> bool:
+    """Whether a process group of *backend* (``str(dist.get_backend(group))``) all-reduces CPU
+    tensors: ``"gloo"``, ``"mpi"``, ``"cpu:gloo,cuda:nccl"`` do; ``"nccl"`` and ``"cuda:nccl"`` (a
+    backend registered for CUDA tensors only) do not."""
+    parts = [p.strip().lower() for p in backend.split(",") if p.strip()]
+    devices = {p.split(":", 1)[0] for p in parts if ":" in p}
+    if devices:
+        return "cpu" in devices
+    return parts != ["nccl"]
+
+
+def comm_device(group: Any = None) -> torch.device:
+    """Where tensors go to be all-reduced over *group*: the CPU if its backend reduces CPU tensors,
+    else the current GPU."""
+    if reduces_cpu_tensors(str(dist.get_backend(group))):
+        return torch.device("cpu")
+    return torch.device("cuda", torch.cuda.current_device())
 
 
 class ProcessGroupComm(Comm):
@@ -48,8 +69,7 @@ class ProcessGroupComm(Comm):
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
-        backend = str(dist.get_backend(group))
-        self.device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        self.device = comm_device(group)
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world == 1:

@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .._numerics import full_fp32_matmul
+from ..distributed import reduces_cpu_tensors
 from ..errors import PruningError, StateError
 from ..patterns import NInM, NxM, Pattern
 from ..targets import layer_kind
@@ -43,7 +44,7 @@ def _distributed() -> bool:
 def _all_reduce_(tensor: torch.Tensor, group: Any) -> None:
     """Sum *tensor* over the ranks of *group* in place. NCCL reduces CUDA tensors only: statistics
     held on the CPU (beside weights kept there, e.g. FSDP2's CPU offload) go through the current GPU."""
-    if tensor.device.type == "cpu" and str(torch.distributed.get_backend(group)) == "nccl":
+    if tensor.device.type == "cpu" and not reduces_cpu_tensors(str(torch.distributed.get_backend(group))):
         moved = tensor.to(torch.device("cuda", torch.cuda.current_device()))
         torch.distributed.all_reduce(moved, group=group)
         tensor.copy_(moved)
