@@ -42,11 +42,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from llm_oneshot import OURS, ours_config
 from quality import LIBRARIES, _digest, library_docstrings, minilm_folder
 
-METHODS = ("magnitude", "wanda", "sparsegpt", "wanda+owl", "sparsegpt+owl")
-#: per-layer ranking as the Wanda and SparseGPT papers do it (magnitude: per layer)
-DOMAINS = {"magnitude": "local", "wanda": "row", "sparsegpt": "local"}
+METHODS = OURS
 
 
 def split_texts(libraries: Sequence[str], calibration: int, per_library: int) -> tuple[list[str], list[str], list[int]]:
@@ -74,17 +73,10 @@ def split_texts(libraries: Sequence[str], calibration: int, per_library: int) ->
 
 
 def config_for(method: str, pattern: str, sparsity: float) -> dict[str, Any]:
-    criterion, _, owl = method.partition("+")
-    config: dict[str, Any] = {
-        "prune_type": criterion,
-        "pattern": "1x1" if pattern == "unstructured" else pattern,
-        "target_sparsity": sparsity,
-        "names": ["encoder"],
-        "prune_layer_type": ["Linear"],
-        "prune_domain": DOMAINS[criterion],
-    }
-    if owl:
-        config["owl"] = True
+    """``llm_oneshot.py``'s config for *method* (the same criteria, domains and OWL), on the encoder."""
+    config = ours_config(method, pattern, sparsity)
+    config.pop("not_to_prune_names")
+    config["names"] = ["encoder"]
     return config
 
 
