@@ -180,3 +180,16 @@ def test_squash_after_model_cpu() -> None:
     for name, keep in masks.items():
         weight = model.get_submodule(name).weight
         assert (weight[~keep] == 0).all() and (weight[keep] != 0).all()
+
+
+def test_wanda_statistics_on_the_cpu_from_cuda_inputs_equal_those_of_cpu_inputs() -> None:
+    from pytorch_pruner.criteria import ActivationStats
+
+    torch.manual_seed(0)
+    x = torch.randn(4096, 64)
+    on_cpu, from_cuda = ActivationStats(64, torch.device("cpu")), ActivationStats(64, torch.device("cpu"))
+    on_cpu.update_(x)
+    from_cuda.update_(x.cuda())
+    assert from_cuda.mean_sq.device.type == "cpu"
+    torch.testing.assert_close(from_cuda.mean_sq, on_cpu.mean_sq, rtol=1e-5, atol=0)
+    assert int(from_cuda.count) == 4096

@@ -382,3 +382,26 @@ def test_flags_copied_to_the_cpu_from_another_device_are_waited_for() -> None:
         gathered = finite_flag([torch.zeros(3), torch.zeros(3, device="meta")])
     assert gathered.device.type == "meta"  # not a device-to-host copy on the way
     assert calls == [("cpu", "meta", True)]
+
+
+def test_wanda_statistics_held_on_another_device_receive_per_feature_sums_not_activations() -> None:
+    """Inputs on one device, statistics on another (weights kept on the CPU while the layer runs on a
+    GPU, as with FSDP2's CPU offload): the sums of squares are reduced where the inputs are and only
+    one value per feature moves. ``meta`` holds the statistics here; tests/test_gpu.py runs CUDA."""
+    from unittest import mock
+
+    from pytorch_pruner.criteria import ActivationStats
+
+    moved: list[int] = []
+    real_to = torch.Tensor.to
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if args and isinstance(args[0], torch.device | str) and torch.device(args[0]) != self.device:
+            moved.append(self.numel())
+        return real_to(self, *args, **kwargs)
+
+    stats = ActivationStats(16, torch.device("meta"))
+    with mock.patch.object(torch.Tensor, "to", spy):
+        stats.update_(torch.randn(512, 16))
+    assert moved == [16]
+    assert stats.mean_sq.is_meta and stats.mean_sq.shape == (16,)

@@ -75,8 +75,10 @@ class ActivationStats:
             return
         total = self.count + tokens
         # Σx² per feature as a squared 2-norm: a reduction with no copy of the inputs (pow(2) would
-        # make one: a sub-batch's worth of activations); equal to the sum of squares up to rounding
-        square_sums = torch.linalg.vector_norm(flat, 2, dim=0).square_()
+        # make one: a sub-batch's worth of activations); equal to the sum of squares up to rounding.
+        # Reduced where the inputs are: statistics held elsewhere (beside weights kept on the CPU,
+        # e.g. FSDP2's CPU offload) receive one value per feature, not every token's activations
+        square_sums = torch.linalg.vector_norm(flat, 2, dim=0).square_().to(self.mean_sq.device)
         self.mean_sq.mul_((self.count / total).float()).add_(square_sums.div_(total.float()))
         self.count.copy_(total)
 
@@ -125,6 +127,7 @@ class HessianStats:
         if tokens == 0:
             return
         seen, total = self._seen, self._seen + tokens  # host ints: no device sync for the scalars below
+        flat = flat.to(self.count.device)  # one-shot runs each block beside its statistics: a no-op there
         # H <- (seen/total) H + (2/total) xᵀx, in one call: no scaled copy of the inputs; at full
         # float32 precision even where the process lets matmuls use TF32 or bf16
         with full_fp32_matmul():
@@ -248,7 +251,7 @@ class _InputCriterion(Criterion):
         cols = int(module.weight.numel() // module.weight.shape[0])
         flat, _ = _features(module, x, cols)
         with torch.no_grad():
-            stats.update_(flat.to(stats.count.device))
+            stats.update_(flat)  # on the inputs' device; each kind of statistics moves what it needs
 
     def tokens(self) -> list[int]:
         return [int(s.count) for s in self.stats]
