@@ -27,7 +27,6 @@ __all__ = [
     "ProcessGroupComm",
     "WeightShard",
     "check_sharded",
-    "comm_device",
     "gathered_state_dict",
     "is_dtensor",
     "own_state",
@@ -47,14 +46,6 @@ def reduces_cpu_tensors(backend: str) -> bool:
     return parts != ["nccl"]
 
 
-def comm_device(group: Any = None) -> torch.device:
-    """Where tensors go to be all-reduced over *group*: the CPU if its backend reduces CPU tensors,
-    else the current GPU."""
-    if reduces_cpu_tensors(str(dist.get_backend(group))):
-        return torch.device("cpu")
-    return torch.device("cuda", torch.cuda.current_device())
-
-
 class ProcessGroupComm(Comm):
     """:class:`~pytorch_pruner.selection.Comm` over a ``torch.distributed`` process group.
 
@@ -69,7 +60,12 @@ class ProcessGroupComm(Comm):
         self.group = group
         self.rank = dist.get_rank(group)
         self.world = dist.get_world_size(group)
-        self.device = comm_device(group)
+        #: where tensors go to be summed: the CPU if the backend reduces CPU tensors, else this rank's GPU
+        self.device = (
+            torch.device("cpu")
+            if reduces_cpu_tensors(str(dist.get_backend(group)))
+            else torch.device("cuda", torch.cuda.current_device())
+        )
 
     def sum_(self, tensor: torch.Tensor) -> torch.Tensor:
         if self.world == 1:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from .._numerics import full_fp32_matmul
-from ..distributed import reduces_cpu_tensors
+from ..distributed import ProcessGroupComm
 from ..errors import PruningError, StateError
 from ..patterns import NInM, NxM, Pattern
 from ..targets import layer_kind
@@ -39,17 +39,6 @@ __all__ = ["ActivationStats", "HessianStats", "SparseGPT", "Wanda"]
 
 def _distributed() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
-
-
-def _all_reduce_(tensor: torch.Tensor, group: Any) -> None:
-    """Sum *tensor* over the ranks of *group* in place. NCCL reduces CUDA tensors only: statistics
-    held on the CPU (beside weights kept there, e.g. FSDP2's CPU offload) go through the current GPU."""
-    if tensor.device.type == "cpu" and not reduces_cpu_tensors(str(torch.distributed.get_backend(group))):
-        moved = tensor.to(torch.device("cuda", torch.cuda.current_device()))
-        torch.distributed.all_reduce(moved, group=group)
-        tensor.copy_(moved)
-        return
-    torch.distributed.all_reduce(tensor, group=group)
 
 
 def _features(module: nn.Module, x: torch.Tensor, columns: int) -> tuple[torch.Tensor, int]:
@@ -88,7 +77,7 @@ class ActivationStats:
         if not _distributed():
             return self.mean_sq.clone()
         both = torch.cat([self.mean_sq.double() * self.count, self.count.reshape(1)])
-        _all_reduce_(both, group)
+        ProcessGroupComm(group).sum_(both)  # (through the GPU for CPU statistics under NCCL)
         return (both[:-1] / both[-1].clamp_min(1)).float()
 
     def reset_(self) -> None:
@@ -147,8 +136,9 @@ class HessianStats:
             return self.h.clone()
         h = self.h.double() * self.count
         count = self.count.clone()
-        _all_reduce_(h, group)
-        _all_reduce_(count, group)
+        comm = ProcessGroupComm(group)  # (through the GPU for CPU statistics under NCCL)
+        comm.sum_(h)
+        comm.sum_(count)
         return (h / count.clamp_min(1)).float()
 
     def to_(self, device: torch.device) -> None:
